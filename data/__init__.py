@@ -1,0 +1,1 @@
+"""Corpora, tokenizers and the LightningDataModule that serves token windows."""

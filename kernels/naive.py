@@ -1,0 +1,29 @@
+"""Plain-PyTorch causal softmax attention: the reference every fast path is tested
+against, and the path the metric probes use because it returns the probabilities."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
+    """Boolean (t_q, t_k) mask, True where query i may see key j (bottom-right aligned)."""
+    offset = t_k - t_q
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def causal_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """s_ij = q_i . k_j / sqrt(d), with -inf above the causal diagonal. Shapes (B, H, T, d)."""
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    return s.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
+
+
+def softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (o, p): o = softmax(s) V of shape (B, H, T, d), and p of shape (B, H, T, T)."""
+    p = torch.softmax(causal_logits(q, k).float(), dim=-1).to(q.dtype)
+    p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
+    return p_used @ v, p

@@ -1,0 +1,1 @@
+"""Models: the GPT, its attention variants, and the LightningModule that trains it."""

@@ -1,0 +1,70 @@
+"""The shared part of every attention variant: QKV projection, head split and merge,
+output projection. A variant states only its own mathematics in ``attend``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import kernels
+from models.errors import ConfigError
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with nanoGPT parameter names (``c_attn``, ``c_proj``).
+
+    Subclasses override ``attend(q, k, v, x, probe)`` and return ``(o, extras)``: o is the
+    per-head output (B, H, T, d) *before* the output projection, and extras holds what the
+    outlier probes need (``probs``, ``null_mass``, ``scale``, ...) when ``probe`` is True.
+    Set ``module.probe = True`` to run the exact (eager) path and keep those extras in
+    ``module.probe_out`` after each forward.
+    """
+
+    variant_name = "?"
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        block_size: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        layer_idx: int = 0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if n_head <= 0 or n_embd <= 0 or n_embd % n_head:
+            raise ConfigError(f"n_embd={n_embd} must be a positive multiple of n_head={n_head}")
+        if backend not in kernels.BACKENDS:
+            raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join(kernels.BACKENDS)}")
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.block_size, self.layer_idx, self.backend = block_size, layer_idx, backend
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.probe = False
+        self.probe_out: dict[str, torch.Tensor] = {}
+
+    def init_extra_parameters(self) -> None:
+        """Initialise variant-specific parameters; called after the GPT's generic init."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        o, extras = self.attend(q, k, v, x, self.probe)
+        if self.probe:
+            self.probe_out = {name: t.detach() for name, t in extras.items()}
+        y = o.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, x, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def softmax_attend(self, q, k, v, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """softmax(s) V on the fastest backend, or eager with probabilities when probing."""
+        o, p = kernels.softmax_attention(
+            q, k, v, backend=self.backend, dropout_p=self.dropout if self.training else 0.0, return_probs=probe
+        )
+        return o, ({"probs": p} if probe else {})

@@ -1,0 +1,133 @@
+"""Train a small GPT with a chosen attention variant.
+
+    python train.py                                  # nano GPT, softmax, offline corpus, CPU
+    python train.py attention=explicit_scale
+    python train.py -m attention=softmax,explicit_scale seed=0,1,2
+
+Every object comes from the configs in configs/ through hydra.utils.instantiate.
+"""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from models.errors import ConfigError
+from models.lit_gpt import NonFiniteLossError
+
+console = Console()
+
+
+def wandb_offline() -> bool:
+    """Offline unless the user has wandb credentials. When WANDB_MODE is set, wandb itself
+    obeys it (online, offline or disabled), so Lightning must not override it."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return False
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is None
+    except (OSError, netrc.NetrcParseError):
+        return True
+
+
+OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``auto`` -> this run directory's last.ckpt if it exists; a path must exist and load."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            return None
+        ckpt_path = str(last)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}; use ckpt_path=auto, null, or an existing .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # any failure to unpickle means the file is unusable
+        raise ConfigError(f"checkpoint {path} is corrupt or not a safe Lightning checkpoint: {e}") from None
+    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise ConfigError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops)")
+    return str(path)
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    if not any(isinstance(lg, CSVLogger) for lg in loggers):  # metrics.csv is always written
+        loggers.append(CSVLogger(save_dir=output_dir, name="", version=""))
+    return loggers
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, validate, and return the final validation metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, output_dir))
+    console.print(f"[bold]Run directory:[/] {output_dir}")
+    if ckpt_path:
+        console.print(f"[bold]Resuming[/] from {ckpt_path}")
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+            import wandb
+
+            wandb.finish()
+    final = {"val/loss": float(results["val/loss"]), "val/ppl": math.exp(results["val/loss"])}
+    if trainer.is_global_zero:
+        console.print(
+            f"[bold green]Done.[/] final val loss {final['val/loss']:.4f} (ppl {final['val/ppl']:.3f}); "
+            f"unigram baseline {datamodule.unigram_loss:.4f}\n"
+            f"[bold]Outputs:[/] {output_dir}  (metrics.csv, checkpoints/, wandb/)"
+        )
+    return final
+
+
+def _config_error(e: BaseException) -> ConfigError | None:
+    while e is not None:
+        if isinstance(e, ConfigError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["val/loss"]
+    except (ConfigError, InstantiationException) as e:
+        error = _config_error(e)
+        if error is None:
+            raise
+        console.print(f"[bold red]Configuration error:[/] {error}")
+        sys.exit(2)
+    except NonFiniteLossError as e:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
+        console.print(f"[bold red]Stopped:[/] {e}. {kept}; lower optim.lr or check the data.")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
