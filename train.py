@@ -9,6 +9,7 @@ Every object comes from the configs in configs/ through hydra.utils.instantiate.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import netrc
 import os
@@ -23,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from models.csv_logger import ResumableCSVLogger
 from models.errors import ConfigError
 from models.lit_gpt import NonFiniteLossError
 
@@ -44,14 +46,23 @@ def wandb_offline() -> bool:
 OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``auto`` -> this run directory's last.ckpt if it exists; a path must exist and load."""
+def run_id(output_dir: str) -> str:
+    """A stable id for a run directory, so a resumed run continues the same wandb run."""
+    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:12]
+
+
+OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> tuple[str | None, int | None]:
+    """``auto`` -> this run directory's last.ckpt if it exists; a path must exist and load.
+    Returns the path and the global step it holds (None when starting fresh)."""
     if ckpt_path in (None, "", "null"):
-        return None
+        return None, None
     if ckpt_path == "auto":
         last = output_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
-            return None
+            return None, None
         ckpt_path = str(last)
     path = Path(ckpt_path)
     if not path.is_file():
@@ -60,15 +71,15 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # any failure to unpickle means the file is unusable
         raise ConfigError(f"checkpoint {path} is corrupt or not a safe Lightning checkpoint: {e}") from None
-    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise ConfigError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops)")
-    return str(path)
+    return str(path), int(checkpoint.get("global_step", 0))
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None) -> list[Logger]:
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    if not any(isinstance(lg, CSVLogger) for lg in loggers):  # metrics.csv is always written
-        loggers.append(CSVLogger(save_dir=output_dir, name="", version=""))
+    loggers = [lg for lg in loggers if not isinstance(lg, CSVLogger)]  # one CSV logger, ours:
+    loggers.append(ResumableCSVLogger(save_dir=output_dir, name="", version="", resume_step=resume_step))
     return loggers
 
 
@@ -78,12 +89,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    ckpt_path, resume_step = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, output_dir))
+    loggers = build_loggers(cfg, output_dir, resume_step)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     console.print(f"[bold]Run directory:[/] {output_dir}")
     if ckpt_path:
-        console.print(f"[bold]Resuming[/] from {ckpt_path}")
+        console.print(f"[bold]Resuming[/] from {ckpt_path} (step {resume_step})")
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:

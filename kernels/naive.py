@@ -24,6 +24,7 @@ def softmax_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (o, p): o = softmax(s) V of shape (B, H, T, d), and p of shape (B, H, T, T)."""
-    p = torch.softmax(causal_logits(q, k).float(), dim=-1).to(q.dtype)
+    s = causal_logits(q, k)
+    p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
     p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
     return p_used @ v, p

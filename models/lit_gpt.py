@@ -89,8 +89,9 @@ class LitGPT(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), fused=fused)
         decay_steps = hp["decay_steps"] or max(1, self.trainer.max_steps)
         ratio = hp["min_lr"] / hp["lr"]
+        warmup = min(hp["warmup_steps"], decay_steps // 10)  # short smoke runs still get to train
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp["warmup_steps"], decay_steps, ratio)
+            optimizer, lambda step: warmup_cosine(step, warmup, decay_steps, ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 

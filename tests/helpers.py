@@ -1,0 +1,56 @@
+"""Test-only pieces: config composition and callbacks that interrupt or corrupt a run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_train(output_dir: Path, *overrides: str, cache_dir: Path | None = None):
+    """The real configs, composed as `python train.py OVERRIDES` would, into output_dir."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        extra = [f"paths.output_dir={output_dir}"] + ([f"data.cache_dir={cache_dir}"] if cache_dir else [])
+        return compose(config_name="train", overrides=extra + list(overrides))
+
+
+# A tiny model and run that train in seconds on 2 cores.
+TINY = (
+    "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
+    "data.batch_size=4", "data.val_batches=2", "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar=null", "callbacks.model_summary=null", "logger=csv",
+)
+
+
+def read_metric(run_dir: Path, key: str) -> dict[int, float]:
+    """{step: value} for one column of a run's metrics.csv."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+class InterruptAt(L.Callback):
+    """Raises KeyboardInterrupt-like failure at a given global step, as a killed job would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+class PoisonWeightsAt(L.Callback):
+    """Sets one weight to NaN before the given step, so that step's loss is NaN."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.lm_head.weight[0, 0] = float("nan")

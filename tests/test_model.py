@@ -1,0 +1,116 @@
+"""The GPT: nanoGPT checkpoint import against a reference forward written here, and input checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.errors import ConfigError
+from models.gpt import GPT
+
+V, T_MAX, L, C, H = 50, 12, 2, 24, 3
+
+
+def nanogpt_state_dict(bias: bool, explicit_scale: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random state dict in nanoGPT's format (nn.Linear weights are (out, in))."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    sd = {"transformer.wte.weight": rnd(V, C), "transformer.wpe.weight": rnd(T_MAX, C)}
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        sd |= {
+            p + "ln_1.weight": 1 + rnd(C), p + "attn.c_attn.weight": rnd(3 * C, C), p + "attn.c_proj.weight": rnd(C, C),
+            p + "ln_2.weight": 1 + rnd(C), p + "mlp.c_fc.weight": rnd(4 * C, C), p + "mlp.c_proj.weight": rnd(C, 4 * C),
+            p + "attn.bias": torch.ones(1, 1, T_MAX, T_MAX).tril(),  # nanoGPT's mask buffer, not a parameter
+        }
+        if bias:
+            sd |= {p + "ln_1.bias": rnd(C), p + "attn.c_attn.bias": rnd(3 * C), p + "attn.c_proj.bias": rnd(C),
+                   p + "ln_2.bias": rnd(C), p + "mlp.c_fc.bias": rnd(4 * C), p + "mlp.c_proj.bias": rnd(C)}
+        if explicit_scale:
+            sd |= {p + "attn.context_scale.0.weight": rnd(H, C), p + "attn.context_scale.0.bias": rnd(H)}
+    sd["transformer.ln_f.weight"] = 1 + rnd(C)
+    if bias:
+        sd["transformer.ln_f.bias"] = rnd(C)
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd
+
+
+def reference_logits(sd, idx, explicit_scale=False):
+    """GPT-2 forward from the raw tensors, no project code involved."""
+    get = lambda k: sd.get(k)  # noqa: E731
+    lin = lambda x, w, b: x @ w.T + (b if b is not None else 0)  # noqa: E731
+
+    def ln(x, p):
+        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        y = (x - mu) / torch.sqrt(var + 1e-5) * sd[p + ".weight"]
+        return y + (sd[p + ".bias"] if p + ".bias" in sd else 0)
+
+    B, T = idx.shape
+    d = C // H
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        h = ln(x, p + "ln_1")
+        qkv = lin(h, sd[p + "attn.c_attn.weight"], get(p + "attn.c_attn.bias"))
+        q, k, v = (qkv[..., j * C : (j + 1) * C].reshape(B, T, H, d).transpose(1, 2) for j in range(3))
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        att = att.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
+        y = att @ v  # (B, H, T, d)
+        if explicit_scale:
+            s = 2 * torch.sigmoid(lin(h, sd[p + "attn.context_scale.0.weight"], sd[p + "attn.context_scale.0.bias"]))
+            y = y * s.transpose(1, 2).unsqueeze(-1)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        x = x + lin(y, sd[p + "attn.c_proj.weight"], get(p + "attn.c_proj.bias"))
+        h = ln(x, p + "ln_2")
+        h = F.gelu(lin(h, sd[p + "mlp.c_fc.weight"], get(p + "mlp.c_fc.bias")))
+        x = x + lin(h, sd[p + "mlp.c_proj.weight"], get(p + "mlp.c_proj.bias"))
+    return ln(x, "transformer.ln_f") @ sd["lm_head.weight"].T
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("attention", ["softmax", "explicit_scale"])
+def test_from_nanogpt_matches_reference(bias, attention):
+    explicit = attention == "explicit_scale"
+    sd = nanogpt_state_dict(bias, explicit)
+    model = GPT.from_nanogpt(sd, n_head=H, attention=attention).eval()
+    assert model.config["bias"] is bias
+    assert (model.config["n_layer"], model.config["n_embd"], model.config["vocab_size"], model.config["block_size"]) == (
+        L, C, V, T_MAX)
+    idx = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        logits = model(idx)
+    assert logits.shape == (2, 9, V)
+    torch.testing.assert_close(logits, reference_logits(sd, idx, explicit), rtol=0, atol=1e-5)
+
+
+def test_from_nanogpt_accepts_compiled_prefix_and_rejects_wrong_variant():
+    sd = {"_orig_mod." + k: v for k, v in nanogpt_state_dict(True).items()}
+    GPT.from_nanogpt(sd, n_head=H)
+    with pytest.raises(ConfigError, match="context_scale"):  # softmax weights lack the scale parameters
+        GPT.from_nanogpt(nanogpt_state_dict(True), n_head=H, attention="explicit_scale")
+    with pytest.raises(ConfigError, match="not a nanoGPT state dict"):
+        GPT.from_nanogpt({"foo": torch.zeros(1)}, n_head=H)
+
+
+def test_tied_embeddings_and_shapes():
+    model = GPT(vocab_size=V, block_size=T_MAX, n_layer=L, n_head=H, n_embd=C)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, T_MAX + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_embd=130, n_head=4), r"does not divide model.n_embd=130; valid n_head: \[1, 2, 5, 10, 13, 26\]"),
+        (dict(n_layer=0), "model.n_layer must be a positive integer"),
+        (dict(attention={"name": "nope"}), "registered variants: explicit_scale, softmax"),
+        (dict(attention={"name": "softmax", "backend": "fast"}), "unknown attention backend"),
+    ],
+)
+def test_bad_model_config_fails_with_clear_message(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        GPT(**kwargs)
