@@ -10,10 +10,12 @@ Every object comes from the configs in configs/ through hydra.utils.instantiate.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import netrc
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -29,6 +31,16 @@ from models.errors import ConfigError
 from models.lit_gpt import NonFiniteLossError
 
 console = Console()
+
+
+def quiet_lightning() -> None:
+    """Silence notices that do not apply to this project's runs."""
+    # Our sampler resumes the data position itself (data/datamodule.py).
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    # metrics.csv is kept on purpose by ResumableCSVLogger; wandb/ shares the run directory.
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
 def wandb_offline() -> bool:
@@ -86,6 +98,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None) ->
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, validate, and return the final validation metrics."""
     output_dir = Path(cfg.paths.output_dir)
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})

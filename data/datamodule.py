@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -115,7 +116,7 @@ class TextDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
-    @property
+    @cached_property
     def cache_path(self) -> Path:
         key = json.dumps(
             [CACHE_FORMAT, self.corpus.fingerprint(), self.tokenizer.name, self.val_every, self.chunk_tokens, self.max_tokens]

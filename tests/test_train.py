@@ -1,0 +1,138 @@
+"""train.py end to end, through the real configs: training, logging, resume, failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+
+import train
+from models.lit_gpt import LitGPT, NonFiniteLossError
+from tests.helpers import TINY, compose_train, read_metric
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = {g: sorted(p.stem for p in (ROOT / "configs" / g).glob("*.yaml")) for g in
+          ["attention", "model", "data", "trainer", "logger", "callbacks"]}
+
+
+def tiny(tmp_path, corpus_glob, cache_dir, *overrides, name="run"):
+    return compose_train(tmp_path / name, *TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]",
+                         *overrides, cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_config_option_composes(tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "text_files":
+        overrides.append("data.corpus.paths=[x]")
+    cfg = compose_train(tmp_path, *overrides)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if group == "attention":
+        assert cfg.model.attention.name == option
+    if group == "model":
+        assert cfg.model.n_embd % cfg.model.n_head == 0 and cfg.data.block_size == cfg.model.block_size
+
+
+def test_model_sizes_match_the_issue(tmp_path):
+    sizes = {m: compose_train(tmp_path, f"model={m}").model for m in ("nano", "small", "gpt2")}
+    assert [(s.n_layer, s.n_embd, s.n_head, s.block_size) for s in sizes.values()] == [
+        (4, 128, 4, 256), (6, 384, 6, 256), (12, 768, 12, 1024)]
+    gpt2 = hydra.utils.instantiate(sizes["gpt2"], vocab_size=50257)
+    assert 123e6 < gpt2.num_parameters() < 125e6  # GPT-2 small, tied embeddings
+
+
+def test_fsdp_strategy_config_instantiates(tmp_path):
+    strategy = hydra.utils.instantiate(compose_train(tmp_path, "trainer=fsdp").trainer.strategy)
+    from models.gpt import Block
+    assert type(strategy).__name__ == "FSDPStrategy" and Block in strategy.kwargs["auto_wrap_policy"]._module_classes
+
+
+def test_tiny_run_writes_metrics_checkpoints_and_beats_unigram(tmp_path, corpus_glob, cache_dir):
+    cfg = tiny(tmp_path, corpus_glob, cache_dir, "trainer.max_steps=60", "trainer.val_check_interval=30",
+               "optim.lr=1e-2")
+    final = train.train(cfg)
+    run = tmp_path / "run"
+    losses = read_metric(run, "train/loss")
+    assert sorted(losses)[:3] == [0, 1, 2] and max(losses) == 59
+    val = read_metric(run, "val/loss")
+    assert final["val/loss"] == pytest.approx(val[max(val)], rel=1e-5)
+    assert final["val/loss"] < 3.2  # unigram entropy of Python bytes is ~3.3 nats; a uniform guess is 5.55
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("step*.ckpt"))) == 1  # the best by val loss
+    assert read_metric(run, "train/device/items_per_sec")  # tokens/s
+    assert read_metric(run, "train/lr/pg1")
+
+
+def test_explicit_scale_trains_and_its_scale_learns(tmp_path, corpus_glob, cache_dir):
+    cfg = tiny(tmp_path, corpus_glob, cache_dir, "attention=explicit_scale", "trainer.max_steps=20",
+               "trainer.val_check_interval=20", "optim.lr=1e-2")
+    train.train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    module = LitGPT(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    bias = module.model.transformer.h[0].attn.context_scale[0].bias
+    assert bias.abs().max() > 1e-3  # initialised at 0: it moved, so it received gradients
+
+
+def test_resume_continues_exactly(tmp_path, corpus_glob, cache_dir):
+    """Crash after the step-10 checkpoint, resume to 20: steps 11..20 equal an uninterrupted run."""
+    common = ("trainer.max_steps=20", "trainer.val_check_interval=10", "optim.warmup_steps=3")
+    straight = tiny(tmp_path, corpus_glob, cache_dir, *common, name="straight")
+    train.train(straight)
+    crashing = tiny(tmp_path, corpus_glob, cache_dir, *common, "+callbacks.crash._target_=tests.helpers.InterruptAt",
+                    "+callbacks.crash.step=13", name="resumed")
+    with pytest.raises(RuntimeError, match="simulated crash at step 13"):
+        train.train(crashing)
+    train.train(tiny(tmp_path, corpus_glob, cache_dir, *common, "ckpt_path=auto", name="resumed"))
+    ref, res = read_metric(tmp_path / "straight", "train/loss"), read_metric(tmp_path / "resumed", "train/loss")
+    assert sorted(res) == sorted(ref) == list(range(20))  # history kept, redone steps not duplicated
+    for step in range(10, 20):
+        assert res[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+    assert read_metric(tmp_path / "resumed", "val/loss")[19] == pytest.approx(
+        read_metric(tmp_path / "straight", "val/loss")[19], rel=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_glob, cache_dir):
+    cfg = tiny(tmp_path, corpus_glob, cache_dir, "trainer.max_steps=20", "trainer.val_check_interval=5",
+               "+callbacks.poison._target_=tests.helpers.PoisonWeightsAt", "+callbacks.poison.step=7")
+    with pytest.raises(NonFiniteLossError, match="at step 7"):
+        train.train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(train.ConfigError, match="corrupt"):
+        train.resolve_ckpt_path(str(bad), tmp_path)
+    assert train.resolve_ckpt_path("auto", tmp_path) == (None, None)
+
+
+def run_cli(*args, timeout=120, **env):
+    import os
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "WANDB_MODE": "offline", **env})
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attention=nope"], "Could not find 'attention/nope' Available options in 'attention': explicit_scale softmax"),
+        (["attention.name=nope"], "registered variants: explicit_scale, softmax"),
+        (["model.n_head=5"], "model.n_head=5 does not divide model.n_embd=128"),
+        (["data=text_files", "data.corpus.paths=[/no/such/file.txt]"], "data file not found: '/no/such/file.txt'"),
+        (["ckpt_path=/no/such.ckpt"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_fails_fast_without_traceback(tmp_path, args, message):
+    result = run_cli(*args, f"hydra.run.dir={tmp_path}", "logger=none", "trainer.max_steps=1")
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert message in " ".join(out.split()), out
+    assert "Traceback" not in out
