@@ -136,3 +136,22 @@ def test_bad_input_fails_fast_without_traceback(tmp_path, args, message):
     out = result.stdout + result.stderr
     assert message in " ".join(out.split()), out
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_default_run_for_50_steps_beats_unigram_and_leaves_offline_wandb_run(tmp_path):
+    """`python train.py trainer.max_steps=50` on the default corpus, as a new user runs it."""
+    env = {"OUTLIER_LAB_CACHE": str(tmp_path / "cache")}
+    env_no_mode = {k: v for k, v in __import__("os").environ.items() if k != "WANDB_MODE"}
+    result = subprocess.run(
+        [sys.executable, "train.py", "trainer.max_steps=50", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**env_no_mode, **env, "HOME": str(tmp_path)},  # no WANDB_MODE, no netrc: must go offline
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = " ".join(result.stdout.split())
+    assert "final val loss" in out and str(tmp_path / "run") in out
+    val = read_metric(tmp_path / "run", "val/loss")
+    unigram = float(out.split("unigram baseline ")[1].split()[0].rstrip(";"))
+    assert 3.0 < unigram < 3.6 and val[49] < unigram
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))

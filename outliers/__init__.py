@@ -1,0 +1,1 @@
+"""Outlier metrics, probes, callbacks, compression evaluation and the comparison report."""
