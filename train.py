@@ -40,7 +40,7 @@ def quiet_lightning() -> None:
     # metrics.csv is kept on purpose by ResumableCSVLogger; wandb/ shares the run directory.
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
 
 
 def wandb_offline() -> bool:

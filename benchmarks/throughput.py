@@ -48,7 +48,7 @@ class StepTimer(L.Callback):
 def config(model: str, out: Path, steps: int):
     return compose_train(
         out, f"model={model}", "logger=csv", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-        "trainer.limit_val_batches=1", "callbacks.model_checkpoint=null",
+        "+trainer.limit_val_batches=1", "callbacks.model_checkpoint=null",
     )
 
 
