@@ -25,6 +25,7 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from models.csv_logger import ResumableCSVLogger
 from models.errors import ConfigError
@@ -106,9 +107,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg, output_dir, resume_step)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    console.print(f"[bold]Run directory:[/] {output_dir}")
+    console.print(f"[bold]Run directory:[/] {escape(str(output_dir))}")
     if ckpt_path:
-        console.print(f"[bold]Resuming[/] from {ckpt_path} (step {resume_step})")
+        console.print(f"[bold]Resuming[/] from {escape(ckpt_path)} (step {resume_step})")
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
@@ -124,7 +125,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         console.print(
             f"[bold green]Done.[/] final val loss {final['val/loss']:.4f} (ppl {final['val/ppl']:.3f}); "
             f"unigram baseline {datamodule.unigram_loss:.4f}\n"
-            f"[bold]Outputs:[/] {output_dir}  (metrics.csv, checkpoints/, wandb/)"
+            f"[bold]Outputs:[/] {escape(str(output_dir))}  (metrics.csv, checkpoints/, wandb/)"
         )
     return final
 
@@ -145,12 +146,12 @@ def main(cfg: DictConfig) -> float:
         error = _config_error(e)
         if error is None:
             raise
-        console.print(f"[bold red]Configuration error:[/] {error}")
+        console.print(f"[bold red]Configuration error:[/] {escape(str(error))}")
         sys.exit(2)
     except NonFiniteLossError as e:
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
-        console.print(f"[bold red]Stopped:[/] {e}. {kept}; lower optim.lr or check the data.")
+        console.print(f"[bold red]Stopped:[/] {escape(f'{e}. {kept}')}; lower optim.lr or check the data.")
         sys.exit(1)
 
 

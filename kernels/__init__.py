@@ -1,10 +1,14 @@
 """Backend choice for attention. Variants call these functions and never pick a backend
 themselves, so a new fast path lands here once and every variant gets it.
 
-Backends for causal softmax attention:
-- ``flash``: flash-attn, when it imports, the tensors are on CUDA and the dtype is fp16/bf16;
-- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (any device);
-- ``eager``: plain PyTorch (``kernels.naive``), the only one that returns probabilities.
+Three families, by what the variant needs from the logits:
+- ``softmax``: softmax(s) V. Backends: flash-attn (CUDA, fp16/bf16), SDPA, eager.
+- ``slot``: softmax over the keys plus one extra slot (softmax1, sink, attn_bias, ca_bias).
+  Backends: FlexAttention (CUDA), SDPA with an augmented key (kernels/slot.py), eager.
+- ``elementwise``: any P = f(s) (sigmoid, softpick, clipped softmax). Backend: eager.
+
+``eager`` (kernels/naive.py) is the reference every other path is tested against, and the
+only one that returns probabilities, so probes always run it.
 """
 
 from __future__ import annotations
@@ -12,52 +16,89 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import flash, naive
+from kernels import flash, naive, slot
 from models.errors import ConfigError
 
-BACKENDS = ("auto", "flash", "sdpa", "eager")
+BACKENDS = ("auto", "flash", "flex", "sdpa", "eager")
+SUPPORTED = {"softmax": ("flash", "sdpa", "eager"), "slot": ("flex", "sdpa", "eager"), "elementwise": ("eager",)}
 
 
-def select_backend(requested: str, device_type: str, dtype: torch.dtype, need_probs: bool = False) -> str:
+def select_backend(
+    requested: str, device_type: str, dtype: torch.dtype, need_probs: bool = False, family: str = "softmax"
+) -> str:
     """The backend that will run: ``requested`` if usable, else the fastest that is."""
     if requested not in BACKENDS:
         raise ConfigError(f"unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    supported = SUPPORTED[family]
+    if requested not in ("auto", *supported):
+        raise ConfigError(
+            f"attention.backend={requested} cannot run {family} attention; choose one of auto, {', '.join(supported)}"
+        )
     if need_probs:
         return "eager"
-    if requested == "flash":
-        missing = _flash_missing(device_type, dtype)
+    if requested in ("flash", "flex"):
+        missing = _missing(requested, device_type, dtype)
         if missing:
-            raise ConfigError(f"attention.backend=flash is unavailable: {missing}")
-        return "flash"
+            raise ConfigError(f"attention.backend={requested} is unavailable: {missing}")
+        return requested
     if requested != "auto":
         return requested
-    return "flash" if not _flash_missing(device_type, dtype) else "sdpa"
+    return next(b for b in supported if b in ("sdpa", "eager") or not _missing(b, device_type, dtype))
 
 
-def _flash_missing(device_type: str, dtype: torch.dtype) -> str:
+def _missing(backend: str, device_type: str, dtype: torch.dtype) -> str:
+    if device_type != "cuda":
+        return f"{backend} needs CUDA tensors, got {device_type}"
+    if backend == "flex":
+        return "" if _has_flex() else "this torch has no FlexAttention"
     if not flash.flash_available():
         return "flash-attn is not installed or failed to import (pip install '.[gpu]')"
-    if device_type != "cuda":
-        return f"flash-attn needs CUDA tensors, got {device_type}"
     if dtype not in flash.FLASH_DTYPES:
         return f"flash-attn needs float16 or bfloat16, got {dtype}"
     return ""
 
 
-def softmax_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    backend: str = "auto",
-    dropout_p: float = 0.0,
-    return_probs: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _has_flex() -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def softmax_attention(q, k, v, *, backend="auto", dropout_p=0.0, return_probs=False):
     """Causal softmax(q k^T / sqrt(d)) v on (B, H, T, d). Returns (o, p); p is None unless asked for."""
     chosen = select_backend(backend, q.device.type, q.dtype, need_probs=return_probs)
+    if chosen == "flash" and v.size(-1) != q.size(-1):
+        chosen = "sdpa"  # flash-attn wants one head size for q, k and v
     if chosen == "eager":
-        o, p = naive.softmax_attention(q, k, v, dropout_p)
-        return o, (p if return_probs else None)
+        return naive.softmax_attention(q, k, v, dropout_p)
     if chosen == "flash":
         return flash.softmax_attention(q, k, v, dropout_p), None
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
+
+
+def slot_attention(q, k, v, *, slot_key=None, slot_bias=None, slot_value=None, backend="auto", dropout_p=0.0,
+                   return_probs=False):
+    """Softmax over the causal keys and one extra slot with logit q.slot_key/sqrt(d) + slot_bias
+    (slot_key (1, H, 1, d), slot_bias (1, H, 1, 1); None = 0) and value slot_value (1, H, 1, d; None = 0).
+    Returns (o, pi, p): o = sum_j p_ij v_j + pi_i v', pi the slot weight (B, H, T), p None unless asked for."""
+    chosen = select_backend(backend, q.device.type, q.dtype, need_probs=return_probs, family="slot")
+    if chosen == "eager":
+        d = q.size(-1)
+        logit = q.new_zeros(1, q.size(1), 1, 1) if slot_key is None else (q @ slot_key.transpose(-1, -2)) / d**0.5
+        if slot_bias is not None:
+            logit = logit + slot_bias
+        return naive.slot_attention(q, k, v, logit, slot_value, dropout_p)
+    if chosen == "flex":
+        o, pi = slot.flex_slot_attention(q, k, v, slot_key, slot_bias, slot_value)
+    else:
+        o, pi = slot.sdpa_slot_attention(q, k, v, slot_key, slot_bias, slot_value, dropout_p)
+    return o, pi, None
+
+
+def elementwise_attention(q, k, v, probs_fn, *, backend="auto", dropout_p=0.0, return_probs=False):
+    """o = P V with P = probs_fn(s, mask) (see kernels.naive.elementwise_attention). Returns (o, P or None)."""
+    select_backend(backend, q.device.type, q.dtype, need_probs=return_probs, family="elementwise")
+    o, p = naive.elementwise_attention(q, k, v, probs_fn, dropout_p)
+    return o, (p if return_probs else None)

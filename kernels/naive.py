@@ -28,3 +28,36 @@ def softmax_attention(
     p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
     p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
     return p_used @ v, p
+
+
+def slot_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_logit: torch.Tensor,
+    slot_value: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax over the causal keys plus one extra slot with logit ``slot_logit`` (B, H, T, 1)
+    and value ``slot_value`` (broadcast to (B, H, T, d); None = zeros).
+
+    Returns (o, pi, p): p (B, H, T, T) are the weights of the real keys (rows sum to 1 - pi),
+    pi (B, H, T) the weight of the slot, o = p V + pi v'."""
+    s = causal_logits(q, k)
+    z = torch.cat([s, slot_logit.expand(*s.shape[:-1], 1).to(s.dtype)], dim=-1)
+    weights = torch.softmax(z, dim=-1, dtype=torch.promote_types(z.dtype, torch.float32)).to(q.dtype)
+    p, pi = weights[..., :-1], weights[..., -1]
+    p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
+    o = p_used @ v
+    if slot_value is not None:
+        o = o + pi.unsqueeze(-1) * slot_value
+    return o, pi, p
+
+
+def elementwise_attention(q, k, v, probs_fn, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """o = P V with P = probs_fn(s, mask) computed from the full (B, H, T, T) logits;
+    ``mask`` is True where key j is visible to query i. Returns (o, P)."""
+    s = causal_logits(q, k)
+    p = probs_fn(s, causal_mask(q.size(-2), k.size(-2), q.device))
+    p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
+    return p_used @ v, p

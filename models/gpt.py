@@ -1,4 +1,5 @@
 """A nanoGPT-style GPT: pre-norm blocks, learned positions, GELU MLP, tied embeddings.
+``style="llama"`` swaps in RMSNorm, rotary positions, a SwiGLU MLP and no biases.
 
 Parameter names follow nanoGPT (``transformer.h.{i}.attn.c_attn`` ...), so nanoGPT and
 the seed paper's checkpoints load directly (``GPT.from_nanogpt``). Every block takes its
@@ -16,10 +17,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.attention import build_attention, get_attention_class
+from models.attention.base import rope_tables
 from models.errors import ConfigError
 
 
+STYLES = ("gpt2", "llama")
+
+
 class MLP(nn.Module):
+    """GPT-2's GELU MLP, 4x wide."""
+
     def __init__(self, n_embd: int, bias: bool, dropout: float):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
@@ -31,20 +38,40 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class SwiGLU(nn.Module):
+    """LLaMA's MLP: down(silu(gate(x)) * up(x)), hidden ~8/3 x wide (a multiple of 64)."""
+
+    def __init__(self, n_embd: int, dropout: float):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * n_embd / 3 / 64)
+        self.c_fc = nn.Linear(n_embd, 2 * hidden, bias=False)  # gate and up, fused
+        self.c_proj = nn.Linear(hidden, n_embd, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+def norm(style: str, n_embd: int, bias: bool) -> nn.Module:
+    return nn.LayerNorm(n_embd, bias=bias) if style == "gpt2" else nn.RMSNorm(n_embd, eps=1e-5)
+
+
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, block_size: int, bias: bool, dropout: float, layer_idx: int, attention: Mapping):
+    def __init__(self, n_embd: int, n_head: int, block_size: int, bias: bool, dropout: float, layer_idx: int,
+                 attention: Mapping, style: str = "gpt2"):
         super().__init__()
         options = {key: value for key, value in attention.items() if key != "name"}
-        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.ln_1 = norm(style, n_embd, bias)
         self.attn = build_attention(
             attention["name"], n_embd=n_embd, n_head=n_head, block_size=block_size, bias=bias,
             dropout=dropout, layer_idx=layer_idx, **options,
         )
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, bias, dropout)
+        self.ln_2 = norm(style, n_embd, bias)
+        self.mlp = MLP(n_embd, bias, dropout) if style == "gpt2" else SwiGLU(n_embd, dropout)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, rope=None):
+        x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -59,26 +86,38 @@ class GPT(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         attention: Mapping | None = None,
+        style: str = "gpt2",
         name: str = "custom",
     ):
         super().__init__()
         attention = dict(attention or {"name": "softmax"})
         _validate(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+        if style not in STYLES:
+            raise ConfigError(f"unknown model.style {style!r}; choose one of {', '.join(STYLES)}")
+        bias = bias and style == "gpt2"  # LLaMA style has no biases
         if "name" not in attention:
             raise ConfigError("the attention config needs a 'name', e.g. attention=softmax")
         get_attention_class(attention["name"])  # fail early, listing the valid names
         self.config = dict(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-            n_embd=n_embd, dropout=dropout, bias=bias, attention=attention, name=name,
+            n_embd=n_embd, dropout=dropout, bias=bias, attention=attention, style=style, name=name,
         )
-        self.block_size = block_size
-        self.transformer = nn.ModuleDict(dict(
+        self.block_size, self.style = block_size, style
+        layers = dict(
             wte=nn.Embedding(vocab_size, n_embd),
-            wpe=nn.Embedding(block_size, n_embd),
             drop=nn.Dropout(dropout),
-            h=nn.ModuleList(Block(n_embd, n_head, block_size, bias, dropout, i, attention) for i in range(n_layer)),
-            ln_f=nn.LayerNorm(n_embd, bias=bias),
-        ))
+            h=nn.ModuleList(
+                Block(n_embd, n_head, block_size, bias, dropout, i, attention, style) for i in range(n_layer)
+            ),
+            ln_f=norm(style, n_embd, bias),
+        )
+        if style == "gpt2":
+            layers["wpe"] = nn.Embedding(block_size, n_embd)
+        else:
+            cos, sin = rope_tables(block_size, n_embd // n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
         self.apply(self._init_weights)
@@ -100,10 +139,15 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T > self.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.style == "gpt2":
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        else:
+            rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype))
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         return self.lm_head(self.transformer.ln_f(x))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from models.gpt import GPT
 V, T_MAX, L, C, H = 50, 12, 2, 24, 3
 
 
-def nanogpt_state_dict(bias: bool, explicit_scale: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+def nanogpt_state_dict(bias: bool, variant: str = "softmax", seed: int = 0) -> dict[str, torch.Tensor]:
     """A random state dict in nanoGPT's format (nn.Linear weights are (out, in))."""
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
@@ -29,8 +29,12 @@ def nanogpt_state_dict(bias: bool, explicit_scale: bool = False, seed: int = 0) 
         if bias:
             sd |= {p + "ln_1.bias": rnd(C), p + "attn.c_attn.bias": rnd(3 * C), p + "attn.c_proj.bias": rnd(C),
                    p + "ln_2.bias": rnd(C), p + "mlp.c_fc.bias": rnd(4 * C), p + "mlp.c_proj.bias": rnd(C)}
-        if explicit_scale:
+        if variant == "explicit_scale":
             sd |= {p + "attn.context_scale.0.weight": rnd(H, C), p + "attn.context_scale.0.bias": rnd(H)}
+        if variant == "v_bias":
+            sd[p + "attn.v_bias"] = rnd(C)
+        if variant in ("ca_bias", "attn_bias"):
+            sd |= {p + "attn.k_bias": rnd(1, H, 1, C // H) * 10, p + "attn.v_bias": rnd(1, H, 1, C // H)}
     sd["transformer.ln_f.weight"] = 1 + rnd(C)
     if bias:
         sd["transformer.ln_f.bias"] = rnd(C)
@@ -38,7 +42,7 @@ def nanogpt_state_dict(bias: bool, explicit_scale: bool = False, seed: int = 0) 
     return sd
 
 
-def reference_logits(sd, idx, explicit_scale=False):
+def reference_logits(sd, idx, variant="softmax"):
     """GPT-2 forward from the raw tensors, no project code involved."""
     get = lambda k: sd.get(k)  # noqa: E731
     lin = lambda x, w, b: x @ w.T + (b if b is not None else 0)  # noqa: E731
@@ -57,9 +61,20 @@ def reference_logits(sd, idx, explicit_scale=False):
         qkv = lin(h, sd[p + "attn.c_attn.weight"], get(p + "attn.c_attn.bias"))
         q, k, v = (qkv[..., j * C : (j + 1) * C].reshape(B, T, H, d).transpose(1, 2) for j in range(3))
         att = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-        att = att.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
-        y = att @ v  # (B, H, T, d)
-        if explicit_scale:
+        att = att.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+        if variant == "sigmoid":
+            y = torch.sigmoid(att - math.log(T)) @ v
+        elif variant in ("ca_bias", "attn_bias"):
+            extra = q @ sd[p + "attn.k_bias"].transpose(-1, -2) / math.sqrt(d)  # (B, H, T, 1)
+            w = torch.cat([att, extra], -1).softmax(-1)
+            pi = w[..., -1:]
+            soft = att.softmax(-1) @ v if variant == "ca_bias" else w[..., :-1] @ v
+            y = soft + pi * sd[p + "attn.v_bias"]
+        else:
+            y = att.softmax(-1) @ v  # (B, H, T, d)
+        if variant == "v_bias":
+            y = y + sd[p + "attn.v_bias"].view(1, H, 1, d)
+        if variant == "explicit_scale":
             s = 2 * torch.sigmoid(lin(h, sd[p + "attn.context_scale.0.weight"], sd[p + "attn.context_scale.0.bias"]))
             y = y * s.transpose(1, 2).unsqueeze(-1)
         y = y.transpose(1, 2).reshape(B, T, C)
@@ -71,10 +86,10 @@ def reference_logits(sd, idx, explicit_scale=False):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("attention", ["softmax", "explicit_scale"])
+@pytest.mark.parametrize("attention", ["softmax", "explicit_scale", "v_bias", "ca_bias", "attn_bias", "sigmoid"])
 def test_from_nanogpt_matches_reference(bias, attention):
-    explicit = attention == "explicit_scale"
-    sd = nanogpt_state_dict(bias, explicit)
+    """The seed paper's variant checkpoints (a)-(f) load, and compute their formulas."""
+    sd = nanogpt_state_dict(bias, attention)
     model = GPT.from_nanogpt(sd, n_head=H, attention=attention).eval()
     assert model.config["bias"] is bias
     assert (model.config["n_layer"], model.config["n_embd"], model.config["vocab_size"], model.config["block_size"]) == (
@@ -83,7 +98,7 @@ def test_from_nanogpt_matches_reference(bias, attention):
     with torch.no_grad():
         logits = model(idx)
     assert logits.shape == (2, 9, V)
-    torch.testing.assert_close(logits, reference_logits(sd, idx, explicit), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, reference_logits(sd, idx, attention), rtol=0, atol=1e-5)
 
 
 def test_from_nanogpt_accepts_compiled_prefix_and_rejects_wrong_variant():
@@ -91,6 +106,8 @@ def test_from_nanogpt_accepts_compiled_prefix_and_rejects_wrong_variant():
     GPT.from_nanogpt(sd, n_head=H)
     with pytest.raises(ConfigError, match="context_scale"):  # softmax weights lack the scale parameters
         GPT.from_nanogpt(nanogpt_state_dict(True), n_head=H, attention="explicit_scale")
+    with pytest.raises(ConfigError, match="unexpected .*v_bias"):
+        GPT.from_nanogpt(nanogpt_state_dict(True, "v_bias"), n_head=H, attention="softmax")
     with pytest.raises(ConfigError, match="not a nanoGPT state dict"):
         GPT.from_nanogpt({"foo": torch.zeros(1)}, n_head=H)
 
@@ -107,7 +124,7 @@ def test_tied_embeddings_and_shapes():
     [
         (dict(n_embd=130, n_head=4), r"does not divide model.n_embd=130; valid n_head: \[1, 2, 5, 10, 13, 26\]"),
         (dict(n_layer=0), "model.n_layer must be a positive integer"),
-        (dict(attention={"name": "nope"}), "registered variants: explicit_scale, softmax"),
+        (dict(attention={"name": "nope"}), "registered variants: attn_bias, ca_bias, clipped_softmax"),
         (dict(attention={"name": "softmax", "backend": "fast"}), "unknown attention backend"),
     ],
 )

@@ -123,8 +123,8 @@ def run_cli(*args, timeout=120, **env):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["attention=nope"], "Could not find 'attention/nope' Available options in 'attention': explicit_scale softmax"),
-        (["attention.name=nope"], "registered variants: explicit_scale, softmax"),
+        (["attention=nope"], "Could not find 'attention/nope' Available options in 'attention': attn_bias ca_bias clipped_softmax"),
+        (["attention.name=nope"], "registered variants: attn_bias, ca_bias, clipped_softmax"),
         (["model.n_head=5"], "model.n_head=5 does not divide model.n_embd=128"),
         (["data=text_files", "data.corpus.paths=[/no/such/file.txt]"], "data file not found: '/no/such/file.txt'"),
         (["ckpt_path=/no/such.ckpt"], "checkpoint not found"),

@@ -50,9 +50,11 @@ class CausalSelfAttention(nn.Module):
     def init_extra_parameters(self) -> None:
         """Initialise variant-specific parameters; called after the GPT's generic init."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         o, extras = self.attend(q, k, v, x, self.probe)
         if self.probe:
             self.probe_out = {name: t.detach() for name, t in extras.items()}
@@ -62,9 +64,41 @@ class CausalSelfAttention(nn.Module):
     def attend(self, q, k, v, x, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    @property
+    def attn_dropout(self) -> float:
+        return self.dropout if self.training else 0.0
+
     def softmax_attend(self, q, k, v, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """softmax(s) V on the fastest backend, or eager with probabilities when probing."""
-        o, p = kernels.softmax_attention(
-            q, k, v, backend=self.backend, dropout_p=self.dropout if self.training else 0.0, return_probs=probe
-        )
+        o, p = kernels.softmax_attention(q, k, v, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe)
         return o, ({"probs": p} if probe else {})
+
+    def slot_attend(self, q, k, v, probe: bool, slot_key=None, slot_bias=None, slot_value=None):
+        """Softmax with one extra slot (see kernels.slot_attention). Returns (o, pi, extras);
+        pi, the weight on the slot, is the row's null mass."""
+        o, pi, p = kernels.slot_attention(
+            q, k, v, slot_key=slot_key, slot_bias=slot_bias, slot_value=slot_value, backend=self.backend,
+            dropout_p=self.attn_dropout, return_probs=probe,
+        )
+        return o, pi, ({"probs": p, "null_mass": pi} if probe else {})
+
+    def elementwise_attend(self, q, k, v, probe: bool, probs_fn):
+        """P V with P = probs_fn(s, mask) (see kernels.elementwise_attention)."""
+        o, p = kernels.elementwise_attention(
+            q, k, v, probs_fn, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe
+        )
+        return o, ({"probs": p, "null_mass": 1 - p.sum(-1)} if probe else {})
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form) on (B, H, T, d); cos, sin are (T, d)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def rope_tables(block_size: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (block_size, head_dim) for ``apply_rope``."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()

@@ -1,0 +1,35 @@
+"""Softmax with an implicit extra slot whose value is zero: a head can attend to nothing.
+
+- ``softmax1`` (Miller 2023, "Attention is off by one"): p_ij = e^{s_ij} / (1 + sum_j e^{s_ij}),
+  i.e. o = sigmoid(lse_i) softmax(s) V; attn_bias with k' = v' = 0.
+- ``sink`` (gpt-oss's learned sinks): p_ij = e^{s_ij} / (e^{beta_h} + sum_j e^{s_ij}),
+  i.e. o = sigmoid(lse_i - beta_h) softmax(s) V, with a learned logit beta per head
+  (not scaled by 1/sqrt d).
+"""
+
+import torch
+from torch import nn
+
+from models.attention.base import CausalSelfAttention
+from models.attention.registry import register
+
+
+@register("softmax1")
+class Softmax1Attention(CausalSelfAttention):
+    def attend(self, q, k, v, x, probe):
+        o, _, extras = self.slot_attend(q, k, v, probe)  # slot logit 0, slot value 0
+        return o, extras
+
+
+@register("sink")
+class SinkAttention(CausalSelfAttention):
+    def __init__(self, n_embd: int, n_head: int, **kwargs):
+        super().__init__(n_embd, n_head, **kwargs)
+        self.sinks = nn.Parameter(torch.zeros(n_head))
+
+    def init_extra_parameters(self):
+        nn.init.normal_(self.sinks, std=0.02)
+
+    def attend(self, q, k, v, x, probe):
+        o, _, extras = self.slot_attend(q, k, v, probe, slot_bias=self.sinks.view(1, -1, 1, 1))
+        return o, extras

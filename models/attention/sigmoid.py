@@ -1,0 +1,36 @@
+"""(f) Sigmoid attention (Ramapuram et al. 2024): p_ij = sigmoid(s_ij + b), b = -ln n.
+Rows need not sum to 1, so no head is forced to attend anywhere."""
+
+import math
+
+import torch
+
+from models.attention.base import CausalSelfAttention
+from models.attention.registry import register
+from models.errors import ConfigError
+
+BIAS_LENGTHS = ("sequence", "block_size")
+
+
+@register("sigmoid")
+class SigmoidAttention(CausalSelfAttention):
+    def __init__(self, n_embd: int, n_head: int, bias_length: str = "sequence", logit_bias: float | None = None,
+                 **kwargs):
+        super().__init__(n_embd, n_head, **kwargs)
+        if bias_length not in BIAS_LENGTHS:
+            raise ConfigError(f"sigmoid.bias_length={bias_length!r}; choose one of {', '.join(BIAS_LENGTHS)}")
+        # n = the current sequence length (the seed code) or the training length (Apple uses -ln 2048)
+        self.bias_length, self.fixed_bias = bias_length, logit_bias
+
+    def logit_bias(self, t: int) -> float:
+        if self.fixed_bias is not None:
+            return float(self.fixed_bias)
+        return -math.log(t if self.bias_length == "sequence" else self.block_size)
+
+    def attend(self, q, k, v, x, probe):
+        b = self.logit_bias(q.size(-2))
+
+        def probs(s, mask):
+            return torch.sigmoid(s + b)  # masked logits are -inf: weight exactly 0
+
+        return self.elementwise_attend(q, k, v, probe, probs)

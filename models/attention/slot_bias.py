@@ -1,0 +1,42 @@
+"""Softmax with a learned extra key k' and value v' per head (An et al. 2025; Sun et al. 2024).
+
+- ``attn_bias`` (d): o_i = softmax([s_i, q_i.k'/sqrt d]) [V; v'] = (1 - pi_i) o_i + pi_i v'.
+- ``ca_bias`` (c):  o_i = softmax(s)_i V + pi_i v', the same pi but the softmax over the
+  real keys is left unscaled.
+pi_i = e^{q_i.k'/sqrt d} / (e^{q_i.k'/sqrt d} + sum_j e^{s_ij}) is the weight on the extra slot.
+"""
+
+import torch
+from torch import nn
+
+from models.attention.base import CausalSelfAttention
+from models.attention.registry import register
+
+
+class _SlotBias(CausalSelfAttention):
+    def __init__(self, n_embd: int, n_head: int, **kwargs):
+        super().__init__(n_embd, n_head, **kwargs)
+        # names and shapes of the seed checkpoints: `.attn.k_bias`, `.attn.v_bias`, (1, H, 1, d)
+        self.k_bias = nn.Parameter(torch.zeros(1, n_head, 1, self.head_dim))
+        self.v_bias = nn.Parameter(torch.zeros(1, n_head, 1, self.head_dim))
+
+    def init_extra_parameters(self):
+        nn.init.normal_(self.k_bias, std=0.02)
+        nn.init.normal_(self.v_bias, std=0.02)
+
+
+@register("attn_bias")
+class AttnBiasAttention(_SlotBias):
+    def attend(self, q, k, v, x, probe):
+        o, _, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias, slot_value=self.v_bias)
+        return o, extras
+
+
+@register("ca_bias")
+class ContextAwareBiasAttention(_SlotBias):
+    def attend(self, q, k, v, x, probe):
+        # pi from the slot softmax (its value output unused), o from plain softmax. The probe
+        # reports the slot softmax's weights, as for attn_bias: null_mass = pi.
+        _, pi, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias)
+        o, _ = self.softmax_attend(q, k, v, False)
+        return o + pi.unsqueeze(-1) * self.v_bias.to(o.dtype), extras
