@@ -1,0 +1,116 @@
+"""Forward+backward time of every attention variant's fastest path, as a ratio to softmax.
+
+Times the attention module alone (QKV projection, the variant, output projection) on CPU
+at the `nano` and `small` sizes, batch 16, context 256, fp32. Variants are timed in
+interleaved rounds (every variant once per round) and the median is used, so drift of a
+noisy machine hits all of them alike. Memory is the activation memory that autograd saves
+for the backward pass (CPU has no allocator peak counter), a deterministic stand-in for
+the peak.
+
+    python benchmarks/attention.py [--sizes nano small] [--rounds 7]
+
+Last line: worst_variant_over_softmax=<the largest time ratio to softmax>
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+from models.attention import build_attention, registered_names  # noqa: E402
+
+SIZES = {"nano": (128, 4), "small": (384, 6)}  # n_embd, n_head
+FAMILY_TARGET = {"slot": 1.5, "elementwise": 2.5, "softmax": 1.10}
+
+
+def family(module) -> str:
+    """Which kernel family the variant's fast path uses (by what it calls in kernels/)."""
+    calls = []
+    original = {name: getattr(kernels, name) for name in ("softmax_attention", "slot_attention", "elementwise_attention")}
+
+    def spy(name):
+        def wrapped(*args, **kwargs):
+            calls.append(name.split("_")[0])
+            return original[name](*args, **kwargs)
+        return wrapped
+
+    for name in original:
+        setattr(kernels, name, spy(name))
+    try:
+        with torch.no_grad():
+            module(torch.randn(1, 8, module.n_embd))
+    finally:
+        for name, fn in original.items():
+            setattr(kernels, name, fn)
+    for fam in ("elementwise", "slot"):
+        if fam in calls:
+            return fam
+    return "softmax"
+
+
+def saved_bytes(module, x) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return total
+
+
+def step(module, x) -> None:
+    module(x).sum().backward()
+
+
+def bench(size: str, rounds: int, batch: int, seq: int) -> dict[str, tuple[float, int, str]]:
+    n_embd, n_head = SIZES[size]
+    torch.manual_seed(0)
+    modules = {name: build_attention(name, n_embd=n_embd, n_head=n_head, block_size=seq) for name in registered_names()}
+    x = torch.randn(batch, seq, n_embd, requires_grad=True)
+    for module in modules.values():
+        step(module, x)  # warm-up
+    times = {name: [] for name in modules}
+    for _ in range(rounds):
+        for name, module in modules.items():
+            start = time.perf_counter()
+            step(module, x)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), saved_bytes(m, x), family(m)) for name, m in modules.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=256)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, context {args.seq}, fp32")
+    worst = 0.0
+    for size in args.sizes:
+        results = bench(size, args.rounds, args.batch, args.seq)
+        base_t, base_m, _ = results["softmax"]
+        print(f"\n{size} (n_embd={SIZES[size][0]}, n_head={SIZES[size][1]})")
+        print(f"{'variant':<16}{'path':<13}{'fwd+bwd ms':>11}{'x softmax':>10}{'target':>8}{'saved MB':>10}{'x softmax':>10}")
+        for name, (t, mem, fam) in sorted(results.items(), key=lambda kv: kv[1][0]):
+            ratio = t / base_t
+            worst = max(worst, ratio)
+            flag = "" if ratio <= FAMILY_TARGET[fam] else "  over target"
+            print(f"{name:<16}{fam:<13}{t * 1e3:>11.1f}{ratio:>10.2f}{FAMILY_TARGET[fam]:>8.2f}"
+                  f"{mem / 2**20:>10.1f}{mem / base_m:>10.2f}{flag}")
+    print(f"worst_variant_over_softmax={worst:.3f}")
+
+
+if __name__ == "__main__":
+    main()
