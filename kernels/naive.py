@@ -3,11 +3,13 @@ against, and the path the metric probes use because it returns the probabilities
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 
+@functools.lru_cache(maxsize=16)
 def causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
     """Boolean (t_q, t_k) mask, True where query i may see key j (bottom-right aligned)."""
     offset = t_k - t_q
@@ -16,8 +18,8 @@ def causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
 
 def causal_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """s_ij = q_i . k_j / sqrt(d), with -inf above the causal diagonal. Shapes (B, H, T, d)."""
-    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    return s.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
+    s = (q * (1 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # scaling q is T/d times cheaper than s
+    return s.masked_fill_(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
 
 
 def softmax_attention(

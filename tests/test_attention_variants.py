@@ -310,6 +310,23 @@ def test_matches_reference_float64(name, opts, backend, use_rope):
         torch.testing.assert_close(module(x, rope), ref(module, x, rope, opts)["out"], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+@pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
+def test_gradients_match_reference_float64(name, opts, backend):
+    """Backward too: gradients of the input and every parameter equal autograd through the reference
+    (this is what checks hand-written backward passes)."""
+    ref = reference(name)
+    module = make(name, backend=backend, **opts)
+    x, rope = inputs(rope=True)
+    x.requires_grad_(True)
+    weight = torch.randn(B, T, C, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    params = [x, *module.parameters()]
+    got = torch.autograd.grad((module(x, rope) * weight).sum(), params)
+    want = torch.autograd.grad((ref(module, x, rope, opts)["out"] * weight).sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
 def test_probe_matches_reference_and_normal_mode(name, opts):
     """Probe mode: same output, and probs / null_mass / scale / gate equal the reference's."""

@@ -8,6 +8,25 @@ from models.attention.registry import register
 from models.errors import ConfigError
 
 
+class ClippedSoftmaxProbs(torch.autograd.Function):
+    """P from the masked logits s; the backward keeps only softmax(s) and the unclipped mask."""
+
+    @staticmethod
+    def forward(ctx, s, zeta, gamma):
+        p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(s.dtype)
+        y = p.mul(zeta - gamma).add_(gamma)
+        inside = (y > 0) & (y < 1)
+        ctx.save_for_backward(p, inside)
+        ctx.stretch = zeta - gamma
+        return y.clamp_(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        p, inside = ctx.saved_tensors
+        g_soft = torch.where(inside, g, 0.0).mul_(ctx.stretch)  # through the clip and the affine map
+        return p * (g_soft - (g_soft * p).sum(-1, keepdim=True)), None, None  # through softmax
+
+
 @register("clipped_softmax")
 class ClippedSoftmaxAttention(CausalSelfAttention):
     def __init__(self, n_embd: int, n_head: int, alpha: float = 12.0, zeta: float = 1.0, gamma: float | None = None,
@@ -23,8 +42,6 @@ class ClippedSoftmaxAttention(CausalSelfAttention):
         self.alpha, self.zeta, self.gamma = alpha, zeta, gamma
 
     def attend(self, q, k, v, x, probe):
-        def probs(s, mask):
-            p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(s.dtype)
-            return torch.clamp((self.zeta - self.gamma) * p + self.gamma, 0.0, 1.0)
-
-        return self.elementwise_attend(q, k, v, probe, probs)
+        return self.elementwise_attend(
+            q, k, v, probe, lambda s, mask: ClippedSoftmaxProbs.apply(s, self.zeta, self.gamma)
+        )

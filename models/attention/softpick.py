@@ -9,6 +9,30 @@ from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
 
+class SoftpickProbs(torch.autograd.Function):
+    """P from the masked logits s, with a hand-written backward that keeps one (T, T) tensor,
+    u = e^{s-m} - e^{-m}, instead of autograd's chain of intermediates.
+
+    With D_i the denominator and g = dL/dP: dL/ds_ik = e^{s_ik-m} (g_ik [u_ik > 0] - sign(u_ik) sum_j g_ij P_ij) / D_i.
+    (m is any constant shift, so it carries no gradient.)"""
+
+    @staticmethod
+    def forward(ctx, s, mask, eps):
+        m = s.amax(dim=-1, keepdim=True).clamp_(min=0)
+        c = torch.exp(-m)
+        u = torch.exp(s - m).sub_(c).masked_fill_(~mask, 0.0)  # masked keys must add nothing
+        den = u.abs().sum(-1, keepdim=True).add_(eps * c)
+        ctx.save_for_backward(u, c, den)
+        return torch.relu(u).div_(den)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, c, den = ctx.saved_tensors
+        g_dot_p = (g * torch.relu(u)).sum(-1, keepdim=True).div_(den)
+        grad = torch.where(u > 0, g, 0.0).sub_(torch.sign(u).mul_(g_dot_p))
+        return grad.mul_(u + c).div_(den), None, None
+
+
 @register("softpick")
 class SoftpickAttention(CausalSelfAttention):
     def __init__(self, n_embd: int, n_head: int, eps: float = 1e-6, **kwargs):
@@ -16,9 +40,4 @@ class SoftpickAttention(CausalSelfAttention):
         self.eps = eps
 
     def attend(self, q, k, v, x, probe):
-        def probs(s, mask):
-            m = s.amax(dim=-1, keepdim=True).clamp(min=0).detach()  # any shift is exact
-            shifted = torch.where(mask, torch.exp(s - m) - torch.exp(-m), 0.0)  # masked keys must add nothing
-            return torch.relu(shifted) / (shifted.abs().sum(-1, keepdim=True) + self.eps * torch.exp(-m))
-
-        return self.elementwise_attend(q, k, v, probe, probs)
+        return self.elementwise_attend(q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps))
