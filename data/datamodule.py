@@ -203,6 +203,12 @@ class TextDataModule(L.LightningDataModule):
         """Cross-entropy (nats/token) of the training unigram distribution: the loss to beat."""
         return self.meta["unigram_loss"]
 
+    def probe_batch(self, sequences: int) -> torch.Tensor:
+        """Token ids (sequences, block_size) of fixed, evenly spaced validation windows: the
+        same tokens every time, so outlier curves compare across steps and variants."""
+        windows = FixedWindows(self.val_tokens, self.block_size, sequences)
+        return torch.stack([windows[i][0] for i in range(sequences)])
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1

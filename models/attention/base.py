@@ -15,7 +15,8 @@ class CausalSelfAttention(nn.Module):
 
     Subclasses override ``attend(q, k, v, x, probe)`` and return ``(o, extras)``: o is the
     per-head output (B, H, T, d) *before* the output projection, and extras holds what the
-    outlier probes need (``probs``, ``null_mass``, ``scale``, ...) when ``probe`` is True.
+    outlier probes need (``probs``, ``null_mass``, ``scale``, ...) when ``probe`` is True;
+    the base adds ``max_logit`` (B, H), the largest causal logit of each head.
     Set ``module.probe = True`` to run the exact (eager) path and keep those extras in
     ``module.probe_out`` after each forward.
     """
@@ -57,6 +58,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         o, extras = self.attend(q, k, v, x, self.probe)
         if self.probe:
+            extras["max_logit"] = kernels.naive.causal_logits(q, k).amax(dim=(-2, -1))  # (B, H)
             self.probe_out = {name: t.detach() for name, t in extras.items()}
         y = o.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))

@@ -1,0 +1,52 @@
+"""Training wall time of a `nano` run with the outlier and convergence monitors at their
+default settings, against the same run without them, side by side (alternating).
+
+    python benchmarks/monitor_overhead.py [--steps 400] [--repeats 2]
+
+The fixed costs (the probes at the first and last step, the end-of-run plots) weigh more
+in a short run than in the default 2,500-step one, so this overstates the default's
+overhead. Last line: monitor_overhead=<(with - without) / without>
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from tests.helpers import compose_train  # noqa: E402
+
+
+def run_seconds(steps: int, monitors: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = [] if monitors else ["callbacks.outlier_monitor=null", "callbacks.convergence_monitor=null"]
+        cfg = compose_train(Path(tmp), "logger=csv", f"trainer.max_steps={steps}", *extra)
+        start = time.perf_counter()
+        train.train(cfg)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    run_seconds(5, True)  # warm caches (tokenized corpus, imports)
+    with_m, without = [], []
+    for _ in range(args.repeats):
+        without.append(run_seconds(args.steps, False))
+        with_m.append(run_seconds(args.steps, True))
+    w, wo = statistics.median(with_m), statistics.median(without)
+    print(f"nano, {args.steps} steps: without monitors {wo:.1f} s {[round(x, 1) for x in without]}, "
+          f"with {w:.1f} s {[round(x, 1) for x in with_m]}")
+    print(f"monitor_overhead={(w - wo) / wo:.4f}")
+
+
+if __name__ == "__main__":
+    main()
