@@ -1,7 +1,7 @@
 """Training wall time of a `nano` run with the outlier and convergence monitors at their
 default settings, against the same run without them, side by side (alternating).
 
-    python benchmarks/monitor_overhead.py [--steps 400] [--repeats 2]
+    python benchmarks/monitor_overhead.py [--steps 1000] [--repeats 2]
 
 The fixed costs (the probes at the first and last step, the end-of-run plots) weigh more
 in a short run than in the default 2,500-step one, so this overstates the default's
@@ -34,7 +34,7 @@ def run_seconds(steps: int, monitors: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     run_seconds(5, True)  # warm caches (tokenized corpus, imports)

@@ -204,7 +204,9 @@ class OutlierMonitor(L.Callback):
 class ConvergenceMonitor(L.Callback):
     """Step, tokens and wall seconds at which the validation loss first reaches each target,
     the area under the validation-loss curve (trapezoid over steps, divided by the span:
-    the mean loss over training, lower = faster), and the final loss and perplexity."""
+    the mean loss over training, lower = faster), and the final loss and perplexity.
+    A validation run after training (train.py's final evaluation) at a later step than the
+    last one during training extends the curve and updates the final values."""
 
     def __init__(self, targets: list[float] | tuple[float, ...] = (2.5, 2.0, 1.8, 1.6, 1.5)):
         self.targets = sorted(targets, reverse=True)
@@ -212,18 +214,23 @@ class ConvergenceMonitor(L.Callback):
         self.reached: dict[str, float] = {}
         self.seconds = 0.0  # training wall time before this process (restored on resume)
         self._start: float | None = None
+        self._train_seconds: float | None = None  # frozen when training ends
 
     def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start, self._train_seconds = time.perf_counter(), None
 
     def _elapsed(self) -> float:
+        if self._train_seconds is not None:
+            return self._train_seconds
         return self.seconds + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.state.fn != "fit" or "val/loss" not in trainer.callback_metrics:
+        if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
+            return
+        if "val/loss" not in trainer.callback_metrics:
             return
         step, loss = trainer.global_step, float(trainer.callback_metrics["val/loss"])
-        if self.curve and self.curve[-1][0] == step:
+        if self.curve and self.curve[-1][0] >= step:
             return
         self.curve.append((step, loss))
         tokens_per_step = trainer.datamodule.batch_size * trainer.datamodule.block_size
@@ -237,8 +244,14 @@ class ConvergenceMonitor(L.Callback):
                 new[f"convergence/seconds_to_{target:g}"] = round(self._elapsed(), 2)
         self.reached.update(new)
         update_summary(trainer, new)
+        if self._train_seconds is not None:  # a validation after training: refresh the finals
+            self._write_final(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        self._train_seconds = self._elapsed()
+        self._write_final(trainer)
+
+    def _write_final(self, trainer) -> None:
         if not self.curve:
             return
         values = {"convergence/val_loss_auc": self.auc(), "convergence/final_val_loss": self.curve[-1][1],

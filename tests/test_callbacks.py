@@ -88,12 +88,18 @@ def test_convergence_monitor_records_first_crossings_and_auc(tmp_path):
         trainer.global_step, trainer.callback_metrics = step, {"val/loss": torch.tensor(loss)}
         monitor.on_validation_end(trainer, None)
     monitor.on_train_end(trainer, None)
+    trainer.state.fn = "validate"  # train.py's evaluation after fit, at the same step: no new point
+    monitor.on_validation_end(trainer, None)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["convergence/step_to_2"] == 20 and summary["convergence/tokens_to_2"] == 20 * 4 * 8 * 2
     assert summary["convergence/step_to_1.5"] == 40
     auc = (10 * (2.4 + 1.9) / 2 + 10 * (1.9 + 1.95) / 2 + 10 * (1.95 + 1.4) / 2) / 30
     assert summary["convergence/val_loss_auc"] == pytest.approx(auc)
     assert summary["convergence/final_val_ppl"] == pytest.approx(math.exp(1.4))
+    trainer.global_step, trainer.callback_metrics = 50, {"val/loss": torch.tensor(1.2)}  # a later evaluation
+    monitor.on_validation_end(trainer, None)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["convergence/final_val_loss"] == pytest.approx(1.2) and len(monitor.curve) == 5
 
 
 @pytest.mark.parametrize("attention", ["softmax", "explicit_scale"])
