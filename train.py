@@ -21,15 +21,16 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
 from models.csv_logger import ResumableCSVLogger
-from models.errors import ConfigError
+from models.errors import ConfigError, exit_on_config_error
 from models.lit_gpt import NonFiniteLossError
+from outliers.evaluation import check_protocols, compression_results, print_results
+from outliers.summary import log_metrics, update_summary
 
 console = Console()
 
@@ -100,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, validate, and return the final validation metrics."""
     output_dir = Path(cfg.paths.output_dir)
     quiet_lightning()
+    check_protocols(cfg.get("eval", {}).get("compression"))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})
@@ -114,7 +116,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.checkpoint_callback is not None:  # last.ckpt = the final state, not the last validation's
+            trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
         results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        if trainer.is_global_zero and cfg.get("eval", {}).get("compression"):
+            compressed = compression_results(module.model, datamodule, cfg.eval)
+            log_metrics(trainer, compressed)
+            update_summary(trainer, compressed)
+            print_results(compressed, console)
     finally:
         if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
             import wandb
@@ -130,24 +139,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return final
 
 
-def _config_error(e: BaseException) -> ConfigError | None:
-    while e is not None:
-        if isinstance(e, ConfigError):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
-
-
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
-        return train(cfg)["val/loss"]
-    except (ConfigError, InstantiationException) as e:
-        error = _config_error(e)
-        if error is None:
-            raise
-        console.print(f"[bold red]Configuration error:[/] {escape(str(error))}")
-        sys.exit(2)
+        with exit_on_config_error(console):
+            return train(cfg)["val/loss"]
     except NonFiniteLossError as e:
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"

@@ -209,6 +209,16 @@ class TextDataModule(L.LightningDataModule):
         windows = FixedWindows(self.val_tokens, self.block_size, sequences)
         return torch.stack([windows[i][0] for i in range(sequences)])
 
+    def calibration_batches(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``count`` training batches for calibrating quantization ranges (not the ones the
+        model trained on first: drawn with a different seed)."""
+        batches = RandomWindowBatches(self.train_tokens, self.block_size, self.batch_size, count, self.seed + 1)
+        return [batches[i] for i in range(count)]
+
+    def validation_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(DataLoader(FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size),
+                               batch_size=self.batch_size, shuffle=False))
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1

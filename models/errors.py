@@ -1,5 +1,34 @@
-"""Errors for bad user input, caught by train.py and printed without a stack trace."""
+"""Errors for bad user input, reported by the entry points without a stack trace."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid: the message names it and the valid choices."""
+
+
+def find_config_error(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind ``error`` (Hydra's instantiate wraps the ones from constructors)."""
+    while error is not None:
+        if isinstance(error, ConfigError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def exit_on_config_error(console):
+    """Print a ConfigError (however wrapped) as one line and exit with status 2."""
+    from rich.markup import escape
+
+    try:
+        yield
+    except Exception as e:
+        error = find_config_error(e)
+        if error is None:
+            raise
+        console.print(f"[bold red]Configuration error:[/] {escape(str(error))}")
+        sys.exit(2)

@@ -33,8 +33,10 @@ def update_summary(trainer, values: dict[str, float | int | None]) -> None:
 
 def log_metrics(trainer, metrics: dict[str, float]) -> None:
     """Send metrics straight to every logger at the current step (not through
-    LightningModule.log, which drops values between its log_every_n_steps)."""
+    LightningModule.log, which drops values between its log_every_n_steps), and flush them:
+    after training no one else will."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()

@@ -1,0 +1,90 @@
+"""Compression protocols after training (train.py) and on checkpoints (evaluate.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import evaluate
+import train
+from models.gpt import GPT
+from tests.helpers import CONFIGS, TINY, compose_train, read_metric
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = ["w8a8", "w8_absmax", "w4_per_channel", "prune50", "clip_p99.9"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, corpus_glob, cache_dir):
+    run = tmp_path_factory.mktemp("trained")
+    cfg = compose_train(run, *TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]", "trainer.max_steps=40",
+                        "trainer.val_check_interval=20", "optim.lr=1e-2", cache_dir=cache_dir)
+    train.train(cfg)
+    return run
+
+
+def compose_eval(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+def test_training_ends_with_every_default_protocol(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    fp = summary["compress/fp/ppl"]
+    assert fp == pytest.approx(torch.exp(torch.tensor(read_metric(trained_run, "val/loss")[40])).item(), rel=1e-4)
+    for name in PROTOCOLS:
+        assert summary[f"compress/{name}/ppl_ratio"] == pytest.approx(summary[f"compress/{name}/ppl"] / fp)
+        assert read_metric(trained_run, f"compress/{name}/ppl")[40] == pytest.approx(summary[f"compress/{name}/ppl"])
+    assert summary["compress/prune50/ppl_ratio"] > 1.0  # pruning half the weights costs something
+
+
+def test_evaluate_py_on_a_training_checkpoint(trained_run, tmp_path, corpus_glob, cache_dir):
+    cfg = compose_eval(tmp_path, f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "data=text_files",
+                       f"data.corpus.paths=[{corpus_glob}]", "data.val_every=10", "data.batch_size=4",
+                       "data.val_batches=2", f"data.cache_dir={cache_dir}")
+    results = evaluate.evaluate(cfg)
+    summary = json.loads((trained_run / "summary.json").read_text())
+    for name in PROTOCOLS:  # the same model, data and calibration as at the end of training
+        assert results[f"compress/{name}/ppl"] == pytest.approx(summary[f"compress/{name}/ppl"], rel=1e-5)
+    assert json.loads((tmp_path / "summary.json").read_text())["compress/w8a8/ppl"] == results["compress/w8a8/ppl"]
+
+
+def test_evaluate_py_on_a_nanogpt_checkpoint(tmp_path, corpus_glob, cache_dir):
+    torch.manual_seed(0)
+    reference = GPT(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32, attention={"name": "explicit_scale"})
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": reference.state_dict(), "model_args": {"n_head": 2}, "iter_num": 7}, path)
+    cfg = compose_eval(tmp_path, f"ckpt={path}", "nanogpt.attention=explicit_scale", "data=text_files",
+                       f"data.corpus.paths=[{corpus_glob}]", "data.val_every=10", "data.batch_size=4",
+                       "data.val_batches=2", f"data.cache_dir={cache_dir}", "eval.compression=[w8_absmax]")
+    results = evaluate.evaluate(cfg)
+    assert 200 < results["compress/fp/ppl"] < 320  # an untrained byte model: about uniform over 256
+    assert set(results) == {"compress/fp/ppl", "compress/w8_absmax/ppl", "compress/w8_absmax/ppl_ratio"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ckpt=/no/such.ckpt"], "checkpoint not found: /no/such.ckpt"),
+        (["ckpt=README.md"], "corrupt or not a safe checkpoint"),
+        (["ckpt=README.md", "eval.compression=[w3]"], "unknown compression protocol(s) ['w3']; valid: w8a8"),
+    ],
+)
+def test_evaluate_py_errors_are_clear(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "evaluate.py", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and message in out and "Traceback" not in out, out
+
+
+def test_unknown_protocol_fails_before_training(tmp_path):
+    with pytest.raises(train.ConfigError, match="unknown compression protocol"):
+        train.train(compose_train(tmp_path, *TINY, "eval.compression=[w8a8,int3]"))
+    assert not (tmp_path / "checkpoints").exists()
