@@ -31,6 +31,7 @@ from models.errors import ConfigError, exit_on_config_error
 from models.lit_gpt import NonFiniteLossError
 from outliers.evaluation import check_protocols, compression_results, print_results
 from outliers.summary import log_metrics, update_summary
+from outliers.sweep import in_multirun, job_dirname, record_failure, sweep_group
 
 console = Console()
 
@@ -66,6 +67,8 @@ def run_id(output_dir: str) -> str:
 
 
 OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> tuple[str | None, int | None]:
@@ -139,8 +142,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return final
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
+    """train() with user errors reported in one line (exit 2) and a NaN stop explained (exit 1)."""
     try:
         with exit_on_config_error(console):
             return train(cfg)["val/loss"]
@@ -149,6 +152,19 @@ def main(cfg: DictConfig) -> float:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
         console.print(f"[bold red]Stopped:[/] {escape(f'{e}. {kept}')}; lower optim.lr or check the data.")
         sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    if not in_multirun():
+        return run(cfg)
+    try:  # in a sweep, one failing job must not stop the others
+        return run(cfg)
+    except (Exception, SystemExit) as e:
+        record_failure(cfg.paths.output_dir, e)
+        console.print(f"[bold red]Job failed[/] ({escape(type(e).__name__)}); the sweep goes on. "
+                      f"Details: {escape(str(Path(cfg.paths.output_dir) / 'FAILED'))}")
+        return None
 
 
 if __name__ == "__main__":

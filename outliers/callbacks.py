@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from models.errors import ConfigError
 from outliers import metrics as M
 from outliers.probes import ProbeResult, probe
 from outliers.summary import log_metrics, update_summary
@@ -122,7 +123,7 @@ class OutlierMonitor(L.Callback):
         plots: bool = True,
     ):
         if every_n_steps <= 0 or probe_sequences <= 0:
-            raise ValueError("OutlierMonitor: every_n_steps and probe_sequences must be positive")
+            raise ConfigError("callbacks.outlier_monitor: every_n_steps and probe_sequences must be positive")
         self.every_n_steps, self.probe_sequences = every_n_steps, probe_sequences
         self.thresholds = dict(massive_abs=massive_abs, massive_ratio=massive_ratio, token_ratio=token_ratio,
                                sink_eps=sink_eps)

@@ -47,4 +47,4 @@ def test_multirun_over_all_variants_completes(tmp_path, corpus_glob):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if (p / "metrics.csv").is_file())
     assert len(jobs) == len(names)
-    assert {p.name.split("attention=")[1].split(",")[0] for p in jobs} == set(names)
+    assert {p.name.split("_s0_")[0].split("_", 1)[1] for p in jobs} == set(names)

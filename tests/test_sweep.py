@@ -1,0 +1,67 @@
+"""Sweeps: experiment configs, job directories, failing jobs, the SLURM launcher config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+
+from outliers.sweep import job_dirname, sweep_group
+from tests.helpers import CONFIGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_hydra(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=["paths.output_dir=/tmp/x", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("experiment, variants", [
+    ("paper_variants", "softmax,v_bias,ca_bias,attn_bias,explicit_scale,sigmoid"),
+    ("outlier_free", "glob(*)"),
+])
+def test_experiment_configs_define_their_sweeps(experiment, variants):
+    cfg = compose_hydra(f"+experiment={experiment}")
+    assert cfg.hydra.sweeper.params.attention == variants and cfg.hydra.sweeper.params.seed == "0,1"
+
+
+def test_cpu_study_recipe_composes():
+    cfg = compose_hydra("+experiment=cpu_study")
+    assert cfg.model.name == "nano" and cfg.optim.lr == 3e-3 and "softmax" in cfg.hydra.sweeper.params.attention
+
+
+def test_slurm_launcher_config_composes_and_resolves():
+    cfg = compose_hydra("hydra/launcher=slurm")
+    launcher = cfg.hydra.launcher
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.max_num_timeout > 0
+
+
+def test_job_dirnames_are_short_and_unique():
+    long = ",".join(f"key{i}=value{i}" for i in range(40))
+    a, b = job_dirname(3, "softmax", 0, long), job_dirname(3, "softmax", 0, long + ",x=1")
+    assert len(a) <= 100 and a != b and a.startswith("3_softmax_s0_")
+    assert job_dirname(1, "sink", 2, "data.corpus.paths=[/a/b]") == "1_sink_s2_data.corpus.paths=[_a_b]"
+    assert sweep_group() is None  # not inside a Hydra multirun
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, corpus_glob):
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "model.n_head=3,2", "trainer.max_steps=2", "trainer.val_check_interval=2",
+         "model.n_layer=1", "model.n_embd=32", "model.block_size=32", "data=text_files",
+         f"data.corpus.paths=[{corpus_glob}]", "data.val_every=10", "data.batch_size=2", "data.val_batches=1",
+         "logger=none", "callbacks.progress_bar=null", "eval.compression=[]", f"hydra.sweep.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OUTLIER_LAB_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 1  # reported at the end ...
+    failed, ok = sorted(tmp_path.glob("0_*")), sorted(tmp_path.glob("1_*"))
+    assert "model.n_head=3 does not divide model.n_embd=32" in (failed[0] / "FAILED").read_text()
+    assert (ok[0] / "summary.json").is_file() and not (ok[0] / "FAILED").exists()  # ... after the next job ran
+    assert "1 job(s) of the sweep failed" in " ".join(result.stderr.split())
