@@ -33,19 +33,22 @@ def default_cache_dir() -> Path:
 
 
 class RandomWindowBatches(Dataset):
-    """Item ``i`` is a whole batch of random windows drawn with the generator (seed, rank, i)."""
+    """Item ``i`` is this rank's slice of global batch ``i``: batch_size x world_size random
+    windows drawn with the generator (seed, i). A data-parallel run therefore sees exactly
+    the windows of a single-process run with the same global batch."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, num_batches: int, seed: int, rank: int = 0):
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, num_batches: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.num_batches, self.seed, self.rank = num_batches, seed, rank
+        self.num_batches, self.seed, self.rank, self.world_size = num_batches, seed, rank, world_size
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng((self.seed, self.rank, i))
-        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
-        return _windows(self.tokens, starts, self.block_size)
+        rng = np.random.default_rng((self.seed, i))
+        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size * self.world_size)
+        return _windows(self.tokens, starts[self.rank * self.batch_size :][: self.batch_size], self.block_size)
 
 
 class FixedWindows(Dataset):
@@ -227,7 +230,7 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError("trainer.max_steps must be set (> 0): training samples random windows, not epochs")
         dataset = RandomWindowBatches(
             self.train_tokens, self.block_size, self.batch_size, max_steps * accumulate, self.seed,
-            rank=trainer.global_rank if trainer else 0,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
         )
         # Resume: start after the batches that the restored optimizer steps consumed.
         start = trainer.global_step * accumulate if trainer else 0

@@ -66,7 +66,7 @@ class LitGPT(L.LightningModule):
         if not finite:
             raise NonFiniteLossError(self.global_step, loss.item())
         tokens = (self.global_step + 1) * x.numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)  # the global mean
         self.log("train/tokens", float(tokens))
         return loss
 

@@ -42,6 +42,7 @@ FP_PPL = "compress/fp/ppl"
 TOKENS_TO = re.compile(r"^convergence/tokens_to_(.+)$")
 PPL_RATIO = re.compile(r"^compress/(.+)/ppl_ratio$")
 LAYER_KEY = re.compile(r"^outliers/act/(top1|median)/layer_(\d+)$")
+FAILED = "FAILED"  # a sweep job's traceback (outliers/sweep.py: record_failure), not imported: no hydra here
 
 # Table columns in order: (summary key, header). Lower is better in every one of them. The
 # tokens-to-target column is inserted after the ppl (its key depends on the targets reached),
@@ -154,6 +155,7 @@ class Run:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> steps, values
     steps_done: int | None = None    # optimizer steps reached according to metrics.csv
     problems: list[str] = field(default_factory=list)
+    failed: str | None = None        # last line of <run dir>/FAILED, when the sweep job raised
 
     @property
     def complete(self) -> bool:
@@ -161,7 +163,9 @@ class Run:
 
     @property
     def status(self) -> str:
-        return "complete" if self.complete else "crashed/unfinished"
+        if self.complete:
+            return "complete"
+        return "failed" if self.failed is not None else "crashed/unfinished"
 
     def value(self, key: str) -> float | None:
         return _number(self.summary.get(key))
@@ -180,11 +184,11 @@ def _number(value) -> float | None:
 
 def find_runs(root: Path, max_depth: int = MAX_DEPTH, skip: tuple[Path, ...] = ()) -> list[Path]:
     """Run directories at or below root (depth <= max_depth): folders holding
-    ``.hydra/config.yaml`` or ``metrics.csv``. A run directory is not searched further."""
+    ``.hydra/config.yaml``, ``metrics.csv`` or ``FAILED``. A run directory is not searched further."""
     found: list[Path] = []
 
     def visit(path: Path, depth: int) -> None:
-        if (path / ".hydra" / "config.yaml").is_file() or (path / "metrics.csv").is_file():
+        if any((path / name).is_file() for name in (".hydra/config.yaml", "metrics.csv", FAILED)):
             found.append(path)
             return
         if depth >= max_depth:
@@ -296,7 +300,15 @@ def _read_metrics(run: Run) -> None:
         run.problems.append("metrics.csv has no train/val loss")
 
 
-def _oneline(exc: Exception, limit: int = 120) -> str:
+def _read_failed(run: Run) -> None:
+    path = run.path / FAILED
+    if path.is_file():
+        lines = path.read_text(errors="replace").strip().splitlines()
+        run.failed = _oneline(lines[-1] if lines else "(empty)")
+        run.problems.insert(0, f"job failed: {run.failed}")
+
+
+def _oneline(exc: Exception | str, limit: int = 120) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -304,7 +316,7 @@ def _oneline(exc: Exception, limit: int = 120) -> str:
 def read_run(path: Path, name: str | None = None) -> Run:
     """Everything the report needs from one run directory; problems are recorded, never raised."""
     run = Run(path=path, name=name or path.name)
-    for reader in (_read_config, _read_metrics, _read_summary):
+    for reader in (_read_config, _read_metrics, _read_summary, _read_failed):
         try:
             reader(run)
         except Exception as exc:  # noqa: BLE001 - belt and braces: one bad run never stops the report

@@ -125,8 +125,11 @@ def test_windows_are_deterministic_and_shifted_by_one(docs, tmp_path):
     assert x.shape == (4, 16) and x.dtype == torch.long
     assert torch.equal(x, x2) and not torch.equal(x, data[6][0])
     assert torch.equal(x[:, 1:], y[:, :-1])
-    other_rank = RandomWindowBatches(dm.train_tokens, 16, 4, num_batches=10, seed=3, rank=1)
-    assert not torch.equal(other_rank[7][0], x)
+    # data parallel: ranks split the global batch of a single process with batch 4 x 2
+    single = RandomWindowBatches(dm.train_tokens, 16, 8, num_batches=10, seed=3)[7][0]
+    ranks = [RandomWindowBatches(dm.train_tokens, 16, 4, num_batches=10, seed=3, rank=r, world_size=2)[7][0]
+             for r in (0, 1)]
+    assert torch.equal(torch.cat(ranks), single) and not torch.equal(ranks[0], ranks[1])
     val = FixedWindows(dm.val_tokens, 16, 8)
     assert torch.equal(val[5][0], FixedWindows(dm.val_tokens, 16, 8)[5][0])
     # windows stay inside the token array and cover its end

@@ -65,3 +65,24 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, corpus_glob):
     assert "model.n_head=3 does not divide model.n_embd=32" in (failed[0] / "FAILED").read_text()
     assert (ok[0] / "summary.json").is_file() and not (ok[0] / "FAILED").exists()  # ... after the next job ran
     assert "1 job(s) of the sweep failed" in " ".join(result.stderr.split())
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path, corpus_glob):
+    """trainer=ddp with 2 gloo processes x batch 2 gives the loss of one process with batch 4."""
+    common = ["trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+              "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32", "data=text_files",
+              f"data.corpus.paths=[{corpus_glob}]", "data.val_every=10", "data.val_batches=1", "logger=csv",
+              "callbacks=minimal", "callbacks.progress_bar=null", "eval.compression=[]"]
+    env = {**os.environ, "OUTLIER_LAB_CACHE": str(tmp_path / "cache")}
+    runs = {"ddp": ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                    "data.batch_size=2"],
+            "single": ["data.batch_size=4"]}
+    for name, extra in runs.items():
+        result = subprocess.run([sys.executable, "train.py", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    from tests.helpers import read_metric
+    ddp, single = (read_metric(tmp_path / n, "train/loss") for n in ("ddp", "single"))
+    for step in (0, 1):
+        assert ddp[step] == pytest.approx(single[step], rel=1e-5), step
