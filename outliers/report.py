@@ -804,7 +804,7 @@ def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: s
         "# Attention-variant comparison",
         "",
         f"Generated {datetime.now():%Y-%m-%d %H:%M} from {', '.join(f'`{d}`' for d in dirs)}: "
-        f"{len(runs)} runs ({complete} complete, {len(runs) - complete} crashed/unfinished), "
+        f"{len(runs)} runs ({complete} complete, {len(runs) - complete} failed or unfinished), "
         f"{len(table.groups)} variants.",
         "",
         "## Results",

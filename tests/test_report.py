@@ -217,13 +217,19 @@ def test_broken_inputs_never_crash(tmp_path):
     (no_name / ".hydra").mkdir(parents=True)
     (no_name / ".hydra" / "config.yaml").write_text("seed: ${oc.env:NOPE_NOT_SET}\nmodel: {}\n")
     (no_name / "metrics.csv").write_text("")
+    failed = root / "3_sink_s2_seed=2"  # a sweep job that raised: outliers/sweep.py record_failure
+    write_config(failed, "sink", 2)
+    write_metrics(failed, 1.6, 50.0, 0.1, last_step=20)
+    (failed / "FAILED").write_text("Traceback (most recent call last):\n  ...\nValueError: loss is NaN at step 21\n")
     too_deep = root / "a" / "b" / "c" / "run"
     write_config(too_deep, "softmax", 0)
 
     path, table, runs, = report.write_report([root], tmp_path / "out")[:3]
     text = path.read_text()
     by_name = {r.path.name: r for r in runs}
-    assert set(by_name) == {"bad_config", "no_metrics", "bad_json", "no_attention"}
+    assert set(by_name) == {"bad_config", "no_metrics", "bad_json", "no_attention", "3_sink_s2_seed=2"}
+    assert by_name["3_sink_s2_seed=2"].status == "failed"
+    assert "job failed: ValueError: loss is NaN at step 21" in by_name["3_sink_s2_seed=2"].problems
     assert any(p.startswith("unreadable config") for p in by_name["bad_config"].problems)
     assert by_name["bad_config"].variant == "unknown"
     assert by_name["no_metrics"].complete and "no metrics.csv" in by_name["no_metrics"].problems
@@ -236,6 +242,8 @@ def test_broken_inputs_never_crash(tmp_path):
     # no_metrics is the only complete run: a one-run table, no bold (nothing to compare), no test
     rows = results_rows(text)
     assert cell(rows, "sink", "final val loss") == "1.4 (n=1)"
+    assert cell(rows, "sink", "seeds") == "1 (+2 broken)"
+    assert "| 20/100 | failed |" in text
     assert not any("sink rate" in h for h in rows["header"])  # null in the only summary: dropped
     assert "no run of `softmax` was found" in text
     for name in report.FIGURES:

@@ -86,3 +86,36 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process(tmp_path, corpus_glob
     ddp, single = (read_metric(tmp_path / n, "train/loss") for n in ("ddp", "single"))
     for step in (0, 1):
         assert ddp[step] == pytest.approx(single[step], rel=1e-5), step
+
+
+def test_optuna_lr_search_config_composes():
+    cfg = compose_hydra("+experiment=lr_search")
+    assert get_class(cfg.hydra.sweeper._target_).__name__ == "OptunaSweeper"
+    assert cfg.hydra.sweeper.direction == "minimize" and "interval" in cfg.hydra.sweeper.params["optim.lr"]
+
+
+@pytest.mark.slow
+def test_sweep_then_report(tmp_path, corpus_glob):
+    """The README loop: 2 variants x 2 seeds on nano, then the offline report."""
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "attention=softmax,explicit_scale", "seed=0,1", "model=nano",
+         "trainer.max_steps=12", "trainer.val_check_interval=6", "data=text_files", f"data.corpus.paths=[{corpus_glob}]",
+         "data.val_every=10", "data.batch_size=4", "data.val_batches=2", "logger=csv", "callbacks.progress_bar=null",
+         "callbacks.outlier_monitor.every_n_steps=6", "callbacks.outlier_monitor.plots=false",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OUTLIER_LAB_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in sweep.iterdir() if (p / "summary.json").is_file()]
+    assert len(runs) == 4
+    report = subprocess.run([sys.executable, "-m", "outliers.report", str(sweep), "--out", str(tmp_path / "report")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and ("softmax" in line or "explicit_scale" in line)
+            and "±" in line]
+    assert len(rows) == 2, text
+    for png in ("loss_curves.png", "outliers_vs_step.png", "layer_profile.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 5000
