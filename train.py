@@ -137,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         console.print(
             f"[bold green]Done.[/] final val loss {final['val/loss']:.4f} (ppl {final['val/ppl']:.3f}); "
             f"unigram baseline {datamodule.unigram_loss:.4f}\n"
-            f"[bold]Outputs:[/] {escape(str(output_dir))}  (metrics.csv, checkpoints/, wandb/)"
+            f"[bold]Outputs:[/] {escape(str(output_dir))}  (metrics.csv, summary.json, plots/, checkpoints/)"
         )
     return final
 
