@@ -1,11 +1,11 @@
-"""Training wall time of a `nano` run with the outlier and convergence monitors at their
-default settings, against the same run without them, side by side (alternating).
+"""Training wall time of the default `nano` run (`python train.py`, 2,500 steps) with the
+outlier and convergence monitors at their default settings, against the same run without
+them, side by side (alternating); compression is off in both.
 
-    python benchmarks/monitor_overhead.py [--steps 1000] [--repeats 2]
+    python benchmarks/monitor_overhead.py [--steps N] [--repeats 1]
 
-The fixed costs (the probes at the first and last step, the end-of-run plots) weigh more
-in a short run than in the default 2,500-step one, so this overstates the default's
-overhead. Last line: monitor_overhead=<(with - without) / without>
+A shorter --steps overstates the overhead: the probes at the first and last step and the
+end-of-run plots are fixed costs. Last line: monitor_overhead=<(with - without) / without>
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from tests.helpers import compose_train  # noqa: E402
 def run_seconds(steps: int, monitors: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         extra = [] if monitors else ["callbacks.outlier_monitor=null", "callbacks.convergence_monitor=null"]
-        cfg = compose_train(Path(tmp), "logger=csv", f"trainer.max_steps={steps}", *extra)
+        steps_override = [f"trainer.max_steps={steps}"] if steps else []
+        cfg = compose_train(Path(tmp), "logger=csv", "eval.compression=[]", *steps_override, *extra)
         start = time.perf_counter()
         train.train(cfg)
         return time.perf_counter() - start
@@ -34,8 +35,8 @@ def run_seconds(steps: int, monitors: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="default: the config's trainer.max_steps")
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     run_seconds(5, True)  # warm caches (tokenized corpus, imports)
     with_m, without = [], []
@@ -43,7 +44,7 @@ def main() -> None:
         without.append(run_seconds(args.steps, False))
         with_m.append(run_seconds(args.steps, True))
     w, wo = statistics.median(with_m), statistics.median(without)
-    print(f"nano, {args.steps} steps: without monitors {wo:.1f} s {[round(x, 1) for x in without]}, "
+    print(f"nano, {args.steps or 'default'} steps: without monitors {wo:.1f} s {[round(x, 1) for x in without]}, "
           f"with {w:.1f} s {[round(x, 1) for x in with_m]}")
     print(f"monitor_overhead={(w - wo) / wo:.4f}")
 

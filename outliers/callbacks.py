@@ -112,7 +112,7 @@ class OutlierMonitor(L.Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 100,
+        every_n_steps: int = 150,
         probe_sequences: int = 8,
         massive_abs: float = 100.0,
         massive_ratio: float = 1000.0,
