@@ -219,8 +219,7 @@ class TextDataModule(L.LightningDataModule):
         return [batches[i] for i in range(count)]
 
     def validation_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return list(DataLoader(FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size),
-                               batch_size=self.batch_size, shuffle=False))
+        return list(self.val_dataloader())
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

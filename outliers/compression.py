@@ -439,16 +439,21 @@ PROTOCOLS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def check_protocols(names: Iterable[str] | str | None) -> list[str]:
+    """The protocol names as a list; unknown ones raise ConfigError listing the valid names."""
+    names = [names] if isinstance(names, str) else list(names or [])
+    unknown = [name for name in names if name not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"unknown compression protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}")
+    return names
+
+
 def evaluate_protocols(model: nn.Module, names: Iterable[str], val_batches: Iterable, calib_batches: Iterable,
                        keep_head_fp: bool = True) -> dict[str, float]:
     """Validation perplexity in full precision ("compress/fp/ppl"), then for each protocol
     name "compress/{name}/ppl" and "compress/{name}/ppl_ratio" (= ppl / fp ppl). Unknown
     names raise ConfigError before any work. The model itself is not changed."""
-    names = [names] if isinstance(names, str) else list(names)
-    unknown = [name for name in names if name not in PROTOCOLS]
-    if unknown:
-        raise ConfigError(f"unknown compression protocol(s) {', '.join(map(repr, unknown))}; "
-                          f"valid: {', '.join(PROTOCOLS)}")
+    names = check_protocols(names)
     val_batches, calib_batches = list(val_batches), list(calib_batches)
     fp_ppl = perplexity(model, val_batches)
     results = {"compress/fp/ppl": fp_ppl}

@@ -9,17 +9,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from outliers.compression import PROTOCOLS, evaluate_protocols
-from models.errors import ConfigError
+from outliers.compression import check_protocols, evaluate_protocols
 
-
-def check_protocols(names) -> list[str]:
-    """Fail before any training or loading when a protocol name is unknown."""
-    names = list(names or [])
-    unknown = [n for n in names if n not in PROTOCOLS]
-    if unknown:
-        raise ConfigError(f"unknown compression protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}")
-    return names
+__all__ = ["check_protocols", "compression_results", "print_results"]  # check_protocols: fail before training
 
 
 def compression_results(model: torch.nn.Module, datamodule, cfg: Mapping) -> dict[str, float]:
