@@ -24,7 +24,8 @@ from rich.markup import escape
 from models.errors import ConfigError, exit_on_config_error
 from models.gpt import GPT
 from models.lit_gpt import LitGPT
-from outliers.evaluation import check_protocols, compression_results, print_results
+from outliers.compression import check_protocols
+from outliers.evaluation import compression_results, print_results
 
 console = Console()
 

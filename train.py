@@ -29,7 +29,8 @@ from rich.markup import escape
 from models.csv_logger import ResumableCSVLogger
 from models.errors import ConfigError, exit_on_config_error
 from models.lit_gpt import NonFiniteLossError
-from outliers.evaluation import check_protocols, compression_results, print_results
+from outliers.compression import check_protocols
+from outliers.evaluation import compression_results, print_results
 from outliers.summary import log_metrics, update_summary
 from outliers.sweep import in_multirun, job_dirname, record_failure, sweep_group
 

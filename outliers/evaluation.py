@@ -11,8 +11,6 @@ from rich.table import Table
 
 from outliers.compression import check_protocols, evaluate_protocols
 
-__all__ = ["check_protocols", "compression_results", "print_results"]  # check_protocols: fail before training
-
 
 def compression_results(model: torch.nn.Module, datamodule, cfg: Mapping) -> dict[str, float]:
     names = check_protocols(cfg.get("compression"))
