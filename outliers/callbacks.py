@@ -57,9 +57,10 @@ def outlier_metrics(
     out["outliers/act/top_channel_initial_share"] = top["share_initial"]
     out["outliers/act/top_channel_delimiter_share"] = top["share_delimiter"]
 
+    linear_stats = {m: M.weight_stats(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     down_stats = []
     for layer, block in enumerate(model.transformer.h):
-        stats = M.weight_stats(block.mlp.c_proj.weight)
+        stats = linear_stats[block.mlp.c_proj]
         down_stats.append(stats)
         out[f"outliers/weight/down_proj_col_ratio/layer_{layer}"] = stats["col_ratio"]
         align = M.channel_alignment(result.down_input[layer], block.mlp.c_proj.weight)
@@ -68,9 +69,8 @@ def outlier_metrics(
     out["outliers/weight/down_proj_kurtosis/max"] = max(s["kurtosis"] for s in down_stats)
     out["outliers/weight/down_proj_aligned/frac"] = sum(
         out[f"outliers/weight/down_proj_aligned/layer_{l}"] for l in range(len(down_stats))) / len(down_stats)
-    all_stats = [M.weight_stats(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     for name in ("col_ratio", "row_ratio", "kurtosis"):
-        out[f"outliers/weight/{name}/max"] = max(s[name] for s in all_stats)
+        out[f"outliers/weight/{name}/max"] = max(s[name] for s in linear_stats.values())
 
     out.update(attention_metrics(result.attention, sink_eps))
     return out
