@@ -1,0 +1,60 @@
+"""Fused causal Triton kernels, forward and backward, for the elementwise variants whose
+weights are not a plain softmax (one file each, like flash-linear-attention's fla/ops/):
+
+- ``softpick``: p_ij = relu(e^{s_ij} - 1) / (sum_{j<=i} |e^{s_ij} - 1| + eps)
+- ``sigmoid``: p_ij = sigmoid(s_ij + b)
+- ``clipped_softmax``: p = clip((zeta - gamma) softmax(s) + gamma, 0, 1)
+
+Each works online over key blocks and keeps O(T) memory per head (the (T, T) weights are
+never stored). The references are the variants' own dense formulas in models/attention/,
+run by kernels.naive.elementwise_attention; tests/test_kernels_triton.py compares them.
+
+triton is optional: ``import kernels`` works without it. The kernel modules are imported
+on first use, not here, because ``triton.jit`` decides at import time whether a kernel is
+compiled or interpreted (TRITON_INTERPRET=1 runs them on CPU, as the tests do).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+# variant name -> (module in this package, function in it)
+KERNELS = {
+    "softpick": "softpick_attention",
+    "sigmoid": "sigmoid_attention",
+    "clipped_softmax": "clipped_softmax_attention",
+}
+
+
+@functools.cache
+def import_error() -> str:
+    """Why triton cannot be used here ('' when it can). Any failure counts, as for flash-attn."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - broken installs raise all kinds of errors
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
+def triton_available() -> bool:
+    return not import_error()
+
+
+def fused_attention(name: str, q, k, v, **params):
+    """Run the fused kernel of variant ``name`` (a key of KERNELS) on (B, H, T, d) tensors."""
+    if name not in KERNELS:
+        raise KeyError(f"no fused triton kernel named {name!r}; there are {', '.join(KERNELS)}")
+    if not triton_available():
+        raise ImportError(f"triton is not importable ({import_error()})")
+    module = importlib.import_module(f"{__name__}.{name}")
+    return getattr(module, KERNELS[name])(q, k, v, **params)
+
+
+def __getattr__(attr: str):
+    """``kernels.triton.softpick_attention`` etc., importable only where triton is."""
+    for name, function in KERNELS.items():
+        if attr == function and triton_available():
+            return getattr(importlib.import_module(f"{__name__}.{name}"), function)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
