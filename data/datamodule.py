@@ -38,8 +38,8 @@ class RandomWindowBatches(Dataset):
     the windows of a single-process run with the same global batch."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, num_batches: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+                 rank: int = 0, world_size: int = 1, bos: int | None = None):
+        self.tokens, self.block_size, self.batch_size, self.bos = tokens, block_size, batch_size, bos
         self.num_batches, self.seed, self.rank, self.world_size = num_batches, seed, rank, world_size
 
     def __len__(self) -> int:
@@ -48,27 +48,32 @@ class RandomWindowBatches(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, i))
         starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size * self.world_size)
-        return _windows(self.tokens, starts[self.rank * self.batch_size :][: self.batch_size], self.block_size)
+        return _windows(self.tokens, starts[self.rank * self.batch_size :][: self.batch_size], self.block_size, self.bos)
 
 
 class FixedWindows(Dataset):
     """``count`` evenly spaced windows over the tokens: the same every time."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, count: int):
-        self.tokens, self.block_size = tokens, block_size
+    def __init__(self, tokens: np.ndarray, block_size: int, count: int, bos: int | None = None):
+        self.tokens, self.block_size, self.bos = tokens, block_size, bos
         self.starts = np.linspace(0, len(tokens) - block_size - 1, count).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = _windows(self.tokens, self.starts[i : i + 1], self.block_size)
+        x, y = _windows(self.tokens, self.starts[i : i + 1], self.block_size, self.bos)
         return x[0], y[0]
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int, bos: int | None = None):
+    """(inputs, targets) of the windows at ``starts``. With ``bos``, every input window begins
+    with that token and the targets are the block_size text tokens after it."""
     chunk = torch.from_numpy(tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    return chunk[:, :-1], chunk[:, 1:]
+    if bos is None:
+        return chunk[:, :-1], chunk[:, 1:]
+    x = torch.cat([torch.full_like(chunk[:, :1], bos), chunk[:, : block_size - 1]], dim=1)
+    return x, chunk[:, :block_size]
 
 
 class ResumableSampler(Sampler[int]):
@@ -99,6 +104,7 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        bos: bool = False,
     ):
         super().__init__()
         if min(block_size, batch_size, val_batches, chunk_tokens) <= 0 or val_every < 2:
@@ -110,6 +116,9 @@ class TextDataModule(L.LightningDataModule):
         self.block_size, self.batch_size, self.val_batches = block_size, batch_size, val_batches
         self.val_every, self.chunk_tokens, self.max_tokens = val_every, chunk_tokens, max_tokens
         self.seed, self.num_workers = seed, num_workers
+        # A beginning-of-sequence token (one extra id) at position 0 of every window, as in
+        # LLaMA-style training: a fixed key that heads can park their attention on.
+        self.bos = self.tokenizer.vocab_size if bos else None
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.train_tokens: np.ndarray | None = None
         self.val_tokens: np.ndarray | None = None
@@ -117,7 +126,10 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
+        return self.tokenizer.vocab_size + (self.bos is not None)
+
+    def decode_token(self, token: int) -> str:
+        return "<bos>" if token == self.bos else self.tokenizer.decode([token])
 
     @cached_property
     def cache_path(self) -> Path:
@@ -209,13 +221,14 @@ class TextDataModule(L.LightningDataModule):
     def probe_batch(self, sequences: int) -> torch.Tensor:
         """Token ids (sequences, block_size) of fixed, evenly spaced validation windows: the
         same tokens every time, so outlier curves compare across steps and variants."""
-        windows = FixedWindows(self.val_tokens, self.block_size, sequences)
+        windows = FixedWindows(self.val_tokens, self.block_size, sequences, self.bos)
         return torch.stack([windows[i][0] for i in range(sequences)])
 
     def calibration_batches(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``count`` training batches for calibrating quantization ranges (not the ones the
         model trained on first: drawn with a different seed)."""
-        batches = RandomWindowBatches(self.train_tokens, self.block_size, self.batch_size, count, self.seed + 1)
+        batches = RandomWindowBatches(self.train_tokens, self.block_size, self.batch_size, count, self.seed + 1,
+                                      bos=self.bos)
         return [batches[i] for i in range(count)]
 
     def validation_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -229,7 +242,7 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError("trainer.max_steps must be set (> 0): training samples random windows, not epochs")
         dataset = RandomWindowBatches(
             self.train_tokens, self.block_size, self.batch_size, max_steps * accumulate, self.seed,
-            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1, bos=self.bos,
         )
         # Resume: start after the batches that the restored optimizer steps consumed.
         start = trainer.global_step * accumulate if trainer else 0
@@ -239,7 +252,7 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        dataset = FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size)
+        dataset = FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size, self.bos)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
 

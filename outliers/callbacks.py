@@ -177,8 +177,7 @@ class OutlierMonitor(L.Callback):
         step, layer = trainer.global_step, int(metrics["outliers/act/top_channel_layer"])
         per_layer = [{k: metrics[f"outliers/act/{k}/layer_{l}"] for k in ("top1", "top2", "top3", "median")}
                      for l in range(len(result.residual))]
-        decode = trainer.datamodule.tokenizer.decode
-        labels = [decode([int(t)]) for t in tokens[0]]
+        labels = [trainer.datamodule.decode_token(int(t)) for t in tokens[0]]
         heads = sorted(
             ((layer_i, h, float(share)) for layer_i, extras in enumerate(result.attention)
              for h, share in enumerate(M.first_token_share(extras["probs"]))), key=lambda x: -x[2])[:4]

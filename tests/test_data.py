@@ -145,3 +145,19 @@ def test_too_little_text_is_a_clear_error(tmp_path):
     (tmp_path / "doc.txt").write_text("tiny")
     with pytest.raises(ConfigError, match="fewer than block_size"):
         make_dm(tmp_path, corpus=LocalFiles(str(tmp_path / "doc.txt")))
+
+
+def test_bos_starts_every_window_with_an_extra_token(docs, tmp_path):
+    dm = make_dm(tmp_path)
+    with_bos = TextDataModule(corpus=dm.corpus, block_size=16, batch_size=4, val_every=5, chunk_tokens=64,
+                              val_batches=2, cache_dir=str(tmp_path / "cache"), bos=True)
+    with_bos.setup("fit")
+    assert with_bos.vocab_size == dm.vocab_size + 1 == 257 and with_bos.decode_token(256) == "<bos>"
+    plain_x, plain_y = RandomWindowBatches(dm.train_tokens, 16, 4, num_batches=3, seed=1)[2]
+    x, y = RandomWindowBatches(dm.train_tokens, 16, 4, num_batches=3, seed=1, bos=256)[2]
+    assert (x[:, 0] == 256).all() and x.shape == y.shape == (4, 16)
+    # the same text: inputs after the bos are the plain window's first tokens, targets the plain inputs
+    assert torch.equal(x[:, 1:], plain_x[:, :-1]) and torch.equal(y, plain_x)
+    val_x, val_y = next(iter(with_bos.val_dataloader()))
+    assert (val_x[:, 0] == 256).all() and (val_y < 256).all()
+    assert (with_bos.probe_batch(2)[:, 0] == 256).all()
