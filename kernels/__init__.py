@@ -5,7 +5,19 @@ Three families, by what the variant needs from the logits:
 - ``softmax``: softmax(s) V. Backends: flash-attn (CUDA, fp16/bf16), SDPA, eager.
 - ``slot``: softmax over the keys plus one extra slot (softmax1, sink, attn_bias, ca_bias).
   Backends: FlexAttention (CUDA), SDPA with an augmented key (kernels/slot.py), eager.
-- ``elementwise``: any P = f(s) (sigmoid, softpick, clipped softmax). Backend: eager.
+  No Triton kernel of ours: the slot becomes a real key of an ordinary softmax attention,
+  so the ordinary Flex/SDPA backward is exact and no gradient through a log-sum-exp is
+  needed (docs/attention.md, "Backends").
+- ``elementwise``: any P = f(s) (sigmoid, softpick, clipped softmax). Backends: triton
+  (fused kernels in kernels/triton/, CUDA; the variant names its kernel with ``fused``),
+  eager.
+
+``auto`` picks the fastest usable backend: flash-attn, FlexAttention and triton only for
+CUDA tensors, and triton only when it imports and the variant offers a fused kernel; on
+CPU auto stays on SDPA or eager (the Triton interpreter is for tests). Forcing a backend
+that cannot run here is a ConfigError that says what is missing; a forced ``triton`` runs
+on CPU only under TRITON_INTERPRET=1. The triton kernels have no attention dropout: with
+dropout > 0, auto falls back to eager and a forced triton is a ConfigError.
 
 ``eager`` (kernels/naive.py) is the reference every other path is tested against, and the
 only one that returns probabilities, so probes always run it.
@@ -13,20 +25,34 @@ only one that returns probabilities, so probes always run it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from kernels import flash, naive, slot
+from kernels import triton as triton_kernels
 from models.errors import ConfigError
 
-BACKENDS = ("auto", "flash", "flex", "sdpa", "eager")
-SUPPORTED = {"softmax": ("flash", "sdpa", "eager"), "slot": ("flex", "sdpa", "eager"), "elementwise": ("eager",)}
+BACKENDS = ("auto", "flash", "flex", "sdpa", "triton", "eager")
+SUPPORTED = {
+    "softmax": ("flash", "sdpa", "eager"),
+    "slot": ("flex", "sdpa", "eager"),
+    "elementwise": ("triton", "eager"),
+}
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def select_backend(
-    requested: str, device_type: str, dtype: torch.dtype, need_probs: bool = False, family: str = "softmax"
+    requested: str,
+    device_type: str,
+    dtype: torch.dtype,
+    need_probs: bool = False,
+    family: str = "softmax",
+    fused: bool = False,
 ) -> str:
-    """The backend that will run: ``requested`` if usable, else the fastest that is."""
+    """The backend that will run: ``requested`` if usable, else the fastest that is.
+    ``fused``: the variant offers a fused triton kernel (elementwise family)."""
     if requested not in BACKENDS:
         raise ConfigError(f"unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     supported = SUPPORTED[family]
@@ -36,17 +62,20 @@ def select_backend(
         )
     if need_probs:
         return "eager"
-    if requested in ("flash", "flex"):
-        missing = _missing(requested, device_type, dtype)
+    if requested in ("flash", "flex", "triton"):
+        missing = _missing(requested, device_type, dtype, fused, forced=True)
         if missing:
             raise ConfigError(f"attention.backend={requested} is unavailable: {missing}")
         return requested
     if requested != "auto":
         return requested
-    return next(b for b in supported if b in ("sdpa", "eager") or not _missing(b, device_type, dtype))
+    return next(b for b in supported if b in ("sdpa", "eager") or not _missing(b, device_type, dtype, fused))
 
 
-def _missing(backend: str, device_type: str, dtype: torch.dtype) -> str:
+def _missing(backend: str, device_type: str, dtype: torch.dtype, fused: bool = False, forced: bool = False) -> str:
+    """Why ``backend`` cannot run here ('' when it can)."""
+    if backend == "triton":
+        return _missing_triton(device_type, dtype, fused, interpreter_ok=forced)
     if device_type != "cuda":
         return f"{backend} needs CUDA tensors, got {device_type}"
     if backend == "flex":
@@ -56,6 +85,24 @@ def _missing(backend: str, device_type: str, dtype: torch.dtype) -> str:
     if dtype not in flash.FLASH_DTYPES:
         return f"flash-attn needs float16 or bfloat16, got {dtype}"
     return ""
+
+
+def _missing_triton(device_type: str, dtype: torch.dtype, fused: bool, interpreter_ok: bool) -> str:
+    if not fused:
+        return "this variant has no fused triton kernel (use eager)"
+    if not triton_kernels.triton_available():
+        return f"triton is not installed or failed to import ({triton_kernels.import_error()}; pip install '.[triton]')"
+    if dtype not in TRITON_DTYPES:
+        return f"the triton kernels take float16, bfloat16 or float32, got {dtype}"
+    if device_type != "cuda" and not (interpreter_ok and triton_interpreting()):
+        return (f"triton needs CUDA tensors, got {device_type} "
+                "(set TRITON_INTERPRET=1 to run the interpreter on CPU)")
+    return ""
+
+
+def triton_interpreting() -> bool:
+    """TRITON_INTERPRET is set the way triton reads it: kernels then run as numpy code on CPU."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _has_flex() -> bool:
@@ -97,8 +144,24 @@ def slot_attention(q, k, v, *, slot_key=None, slot_bias=None, slot_value=None, b
     return o, pi, None
 
 
-def elementwise_attention(q, k, v, probs_fn, *, backend="auto", dropout_p=0.0, return_probs=False):
-    """o = P V with P = probs_fn(s, mask) (see kernels.naive.elementwise_attention). Returns (o, P or None)."""
-    select_backend(backend, q.device.type, q.dtype, need_probs=return_probs, family="elementwise")
+def elementwise_attention(q, k, v, probs_fn, *, fused=None, backend="auto", dropout_p=0.0, return_probs=False):
+    """o = P V with P = probs_fn(s, mask) (see kernels.naive.elementwise_attention). Returns (o, P or None).
+
+    ``fused`` names the variant's fused triton kernel and its parameters, e.g.
+    ``("softpick", {"eps": 1e-6})`` (kernels.triton.KERNELS); None = the variant has none.
+    The kernels have no dropout: with dropout_p > 0, auto runs eager and a forced triton
+    raises ConfigError."""
+    chosen = select_backend(
+        backend, q.device.type, q.dtype, need_probs=return_probs, family="elementwise", fused=fused is not None
+    )
+    if chosen == "triton" and dropout_p > 0:
+        if backend == "triton":
+            raise ConfigError(
+                f"attention.backend=triton has no attention dropout (dropout={dropout_p}); use eager or dropout 0"
+            )
+        chosen = "eager"
+    if chosen == "triton":
+        name, params = fused
+        return triton_kernels.fused_attention(name, q, k, v, **params), None
     o, p = naive.elementwise_attention(q, k, v, probs_fn, dropout_p)
     return o, (p if return_probs else None)

@@ -1,10 +1,28 @@
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _triton_interpreter_without_gpu() -> None:
+    """Without a GPU, the fused Triton kernels (tests/test_kernels_triton.py) run in Triton's
+    interpreter. It must be on before triton is first imported (lightning imports it while
+    other test modules are collected): triton.language decides at import whether its own
+    helpers are compiled or interpreted. Harmless to the other tests: on CPU nothing else
+    runs Triton kernels. An explicit TRITON_INTERPRET setting wins."""
+    if "triton" in sys.modules:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_triton_interpreter_without_gpu()
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,14 @@ import triton.language as tl
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One dtype and contiguous memory for q, k, v (copies only what needs it).
+def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """(q, k, v, out_dtype): one compute dtype and contiguous memory for q, k, v (copies
+    only what needs it), and the dtype of the output.
 
     Under autocast q and k can come out of rotary embeddings in float32 while v is in the
-    autocast dtype; the kernels then run in the autocast dtype, as the eager matmuls would."""
+    autocast dtype; the kernels then run in the autocast dtype, as the eager matmuls would.
+    On CPU (the interpreter) bfloat16 runs in float32: the interpreter stores bfloat16 as
+    raw bits and its tl.dot multiplies them as integers (triton-lang/triton#11584)."""
     if not q.shape == k.shape == v.shape or q.dim() != 4:
         raise ValueError(f"q, k, v must share one (B, H, T, d) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -34,7 +37,9 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Te
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     if dtype not in DTYPES:
         raise ValueError(f"the triton kernels take float16, bfloat16 or float32 tensors, got {dtype}")
-    return tuple(t.to(dtype).contiguous() for t in (q, k, v))
+    compute = torch.float32 if dtype == torch.bfloat16 and not q.is_cuda else dtype
+    q, k, v = (t.to(compute).contiguous() for t in (q, k, v))
+    return q, k, v, dtype
 
 
 @dataclass(frozen=True)

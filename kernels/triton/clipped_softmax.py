@@ -137,7 +137,7 @@ def _bwd_dkdv(Q, K, V, DO, LSE, R, DK, DV, T, D, scale, zeta, gamma,
 class ClippedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, zeta, gamma):
-        q, k, v = prepare(q, k, v)
+        q, k, v, out_dtype = prepare(q, k, v)
         launch = Launch.for_inputs(q)
         T, D = q.shape[-2:]
         o = torch.empty_like(q)
@@ -145,7 +145,7 @@ class ClippedSoftmaxAttention(torch.autograd.Function):
         _fwd[launch.row_grid(q)](q, k, v, o, lse, T, D, softmax_scale(q), zeta, gamma, **launch.meta())
         ctx.save_for_backward(q, k, v, lse)
         ctx.zeta, ctx.gamma = zeta, gamma
-        return o
+        return o.to(out_dtype)
 
     @staticmethod
     def backward(ctx, do):

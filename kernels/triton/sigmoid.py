@@ -87,14 +87,14 @@ def _bwd_dq(Q, K, V, DO, DQ, T, D, scale, bias,
 class SigmoidAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias):
-        q, k, v = prepare(q, k, v)
+        q, k, v, out_dtype = prepare(q, k, v)
         launch = Launch.for_inputs(q)
         T, D = q.shape[-2:]
         o = torch.empty_like(q)
         _fwd[launch.row_grid(q)](q, k, v, o, T, D, softmax_scale(q), bias, **launch.meta())
         ctx.save_for_backward(q, k, v)
         ctx.bias = bias
-        return o
+        return o.to(out_dtype)
 
     @staticmethod
     def backward(ctx, do):

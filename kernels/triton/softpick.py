@@ -125,14 +125,14 @@ def _bwd_dq(Q, K, V, DO, M, DEN, DELTA, DQ, T, D, scale,
 class SoftpickAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, eps):
-        q, k, v = prepare(q, k, v)
+        q, k, v, out_dtype = prepare(q, k, v)
         launch = Launch.for_inputs(q)
         T, D = q.shape[-2:]
         o = torch.empty_like(q)
         m, den = row_stats(q, 2)
         _fwd[launch.row_grid(q)](q, k, v, o, m, den, T, D, softmax_scale(q), eps, **launch.meta())
         ctx.save_for_backward(q, k, v, o, m, den)
-        return o
+        return o.to(out_dtype)
 
     @staticmethod
     def backward(ctx, do):

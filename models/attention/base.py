@@ -84,10 +84,11 @@ class CausalSelfAttention(nn.Module):
         )
         return o, pi, ({"probs": p, "null_mass": pi} if probe else {})
 
-    def elementwise_attend(self, q, k, v, probe: bool, probs_fn):
-        """P V with P = probs_fn(s, mask) (see kernels.elementwise_attention)."""
+    def elementwise_attend(self, q, k, v, probe: bool, probs_fn, fused=None):
+        """P V with P = probs_fn(s, mask) (see kernels.elementwise_attention); ``fused`` =
+        (kernel name, parameters) of the variant's fused triton kernel, None if it has none."""
         o, p = kernels.elementwise_attention(
-            q, k, v, probs_fn, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe
+            q, k, v, probs_fn, fused=fused, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe
         )
         return o, ({"probs": p, "null_mass": 1 - p.sum(-1)} if probe else {})
 

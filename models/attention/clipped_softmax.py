@@ -43,5 +43,6 @@ class ClippedSoftmaxAttention(CausalSelfAttention):
 
     def attend(self, q, k, v, x, probe):
         return self.elementwise_attend(
-            q, k, v, probe, lambda s, mask: ClippedSoftmaxProbs.apply(s, self.zeta, self.gamma)
+            q, k, v, probe, lambda s, mask: ClippedSoftmaxProbs.apply(s, self.zeta, self.gamma),
+            fused=("clipped_softmax", {"zeta": self.zeta, "gamma": self.gamma}),
         )

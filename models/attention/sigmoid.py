@@ -33,4 +33,4 @@ class SigmoidAttention(CausalSelfAttention):
         def probs(s, mask):
             return torch.sigmoid(s + b)  # masked logits are -inf: weight exactly 0
 
-        return self.elementwise_attend(q, k, v, probe, probs)
+        return self.elementwise_attend(q, k, v, probe, probs, fused=("sigmoid", {"bias": b}))

@@ -40,4 +40,6 @@ class SoftpickAttention(CausalSelfAttention):
         self.eps = eps
 
     def attend(self, q, k, v, x, probe):
-        return self.elementwise_attend(q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps))
+        return self.elementwise_attend(
+            q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps), fused=("softpick", {"eps": self.eps})
+        )
