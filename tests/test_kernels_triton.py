@@ -80,6 +80,18 @@ def test_kernel_matches_eager_reference(name, t, d):
         assert (probs == 1).any(), "the upper clip is never reached"
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_head_size_not_a_power_of_two(name):
+    """d = 24: the tiles pad it to 32 with masked loads."""
+    q, k, v = qkv(21, 24)
+    o_ref, _, module = eager_reference(name, q, k, v)
+    o = triton_kernels.fused_attention(name, q, k, v, **VARIANTS[name][1](module, 21))
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    for g, w in zip(torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
 def test_fp16_close_to_float32_reference():
     """Half precision inputs (tl.dot in fp16, fp32 accumulation), each kernel, loose tolerance."""
     for name in VARIANTS:
