@@ -25,8 +25,6 @@ only one that returns probabilities, so probes always run it.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -94,15 +92,10 @@ def _missing_triton(device_type: str, dtype: torch.dtype, fused: bool, interpret
         return f"triton is not installed or failed to import ({triton_kernels.import_error()}; pip install '.[triton]')"
     if dtype not in TRITON_DTYPES:
         return f"the triton kernels take float16, bfloat16 or float32, got {dtype}"
-    if device_type != "cuda" and not (interpreter_ok and triton_interpreting()):
+    if device_type != "cuda" and not (interpreter_ok and triton_kernels.interpreting()):
         return (f"triton needs CUDA tensors, got {device_type} "
                 "(set TRITON_INTERPRET=1 to run the interpreter on CPU)")
     return ""
-
-
-def triton_interpreting() -> bool:
-    """TRITON_INTERPRET is set the way triton reads it: kernels then run as numpy code on CPU."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _has_flex() -> bool:

@@ -24,7 +24,7 @@ from kernels import triton as triton_kernels  # noqa: E402
 from models.attention import build_attention  # noqa: E402
 from models.errors import ConfigError  # noqa: E402
 
-if not torch.cuda.is_available() and not kernels.triton_interpreting():
+if not torch.cuda.is_available() and not triton_kernels.interpreting():
     pytest.skip("no GPU and TRITON_INTERPRET is not on (tests/conftest.py turns it on unless it is set)",
                 allow_module_level=True)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the compiled kernels are tested
@@ -152,6 +152,25 @@ def test_module_with_triton_backend_matches_eager(name):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
     for (pname, pe), pt in zip(modules[0].named_parameters(), modules[1].parameters()):
         torch.testing.assert_close(pt.grad, pe.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"grad of {pname}: {m}")
+
+
+def test_module_under_bf16_autocast():
+    """Mixed dtypes (rotary q, k in fp32, v in bf16) run in the autocast dtype, like eager."""
+    from models.attention.base import rope_tables
+
+    x = torch.randn(B, 20, 32, device=DEVICE)
+    rope = tuple(tab.to(DEVICE) for tab in rope_tables(20, 16))
+    outs = []
+    for backend in ("eager", "triton"):
+        torch.manual_seed(0)
+        module = build_attention("softpick", n_embd=32, n_head=2, block_size=32, backend=backend).to(DEVICE)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            y = module(x, rope)
+        y.float().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in module.parameters())
+        outs.append(y)
+    assert outs[1].dtype == outs[0].dtype
+    torch.testing.assert_close(outs[1].float(), outs[0].float(), atol=3e-2, rtol=3e-2)
 
 
 # -- backend selection ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 
 # variant name -> (module in this package, function in it)
 KERNELS = {
@@ -40,6 +41,12 @@ def import_error() -> str:
 
 def triton_available() -> bool:
     return not import_error()
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET is on, read the way triton reads it: kernels imported now run as
+    numpy code on CPU instead of being compiled for the GPU."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def fused_attention(name: str, q, k, v, **params):

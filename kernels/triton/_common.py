@@ -14,7 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton import interpreting
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Decided once, like triton.jit decides for the kernels defined after this import.
+INTERPRETED = interpreting()
 
 
 def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -23,8 +27,8 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
     Under autocast q and k can come out of rotary embeddings in float32 while v is in the
     autocast dtype; the kernels then run in the autocast dtype, as the eager matmuls would.
-    On CPU (the interpreter) bfloat16 runs in float32: the interpreter stores bfloat16 as
-    raw bits and its tl.dot multiplies them as integers (triton-lang/triton#11584)."""
+    In the interpreter bfloat16 runs in float32: it stores bfloat16 as raw bits and its
+    tl.dot multiplies them as integers (triton-lang/triton#11584)."""
     if not q.shape == k.shape == v.shape or q.dim() != 4:
         raise ValueError(f"q, k, v must share one (B, H, T, d) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -37,7 +41,7 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     if dtype not in DTYPES:
         raise ValueError(f"the triton kernels take float16, bfloat16 or float32 tensors, got {dtype}")
-    compute = torch.float32 if dtype == torch.bfloat16 and not q.is_cuda else dtype
+    compute = torch.float32 if dtype == torch.bfloat16 and INTERPRETED else dtype
     q, k, v = (t.to(compute).contiguous() for t in (q, k, v))
     return q, k, v, dtype
 
@@ -60,7 +64,7 @@ class Launch:
         block_d = max(16, triton.next_power_of_2(d))  # tl.dot wants every dimension >= 16
         # float32 stays exact (torch's matmuls do not use TF32 by default either)
         precision = "ieee" if q.dtype == torch.float32 else "tf32"
-        if q.is_cuda:
+        if not INTERPRETED:
             return cls(64, 64, block_d, precision, num_warps=4 if block_d <= 64 else 8, num_stages=2)
         # unequal on purpose, so that the tests cover the row/key block arithmetic both ways
         return cls(32, 16, block_d, precision, num_warps=1, num_stages=1)
