@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed (pip install '.[triton]'): the fused kernels are untested")
+pytest.importorskip("triton", reason="triton is not installed (pip install '.[triton]'): fused kernels untested")
 
 import torch  # noqa: E402
 

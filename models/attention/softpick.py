@@ -41,5 +41,6 @@ class SoftpickAttention(CausalSelfAttention):
 
     def attend(self, q, k, v, x, probe):
         return self.elementwise_attend(
-            q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps), fused=("softpick", {"eps": self.eps})
+            q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps),
+            fused=("softpick", {"eps": self.eps}),
         )
