@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hydra
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 import pytest
 
 import train
-from tests.helpers import compose_train, read_metric
+from tests.helpers import CONFIGS, compose_train, read_metric
 
 
 def test_gpt2_paper_recipe_matches_the_seed_paper(tmp_path):
@@ -42,3 +44,28 @@ def test_gpt2_paper_recipe_starts_on_cpu_with_a_local_corpus(tmp_path, corpus_gl
     lr = read_metric(tmp_path / "run", "train/lr/pg1")
     assert lr[0] == pytest.approx(6e-4 / 2000)  # the recipe's 2000-step warmup, not a short-run cap
     assert final["val/loss"] < 5.6  # finite and not worse than a uniform guess over bytes
+
+
+STUDY_VARIANTS = {"softmax", "v_bias", "ca_bias", "attn_bias", "explicit_scale", "sigmoid", "gated", "gated_g1",
+                  "softmax1", "sink", "softpick", "clipped_softmax", "differential"}
+
+
+def test_cpu_study_sweeps_every_variant_on_one_recipe(tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        hydra_cfg = compose(config_name="train", overrides=["+experiment=cpu_study"], return_hydra_config=True).hydra
+    params = hydra_cfg.sweeper.params
+    assert set(params.attention.split(",")) == STUDY_VARIANTS and len(params.seed.split(",")) >= 2
+
+    def recipe(variant):
+        cfg = OmegaConf.to_container(compose_train(tmp_path, "+experiment=cpu_study", f"attention={variant}"),
+                                     resolve=True)
+        for key in ("attention", "run_name", "logger"):  # the logger's run name and tags carry the variant
+            cfg.pop(key)
+        cfg["model"].pop("attention")
+        cfg["module"]["model"].pop("attention")
+        return cfg
+
+    baseline = recipe("softmax")
+    assert baseline["data"]["bos"] and baseline["model"]["style"] == "llama"
+    for variant in sorted(STUDY_VARIANTS - {"softmax"}):
+        assert recipe(variant) == baseline, f"the study's recipe differs for {variant}"
