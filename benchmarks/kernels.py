@@ -41,7 +41,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
-from benchmarks.attention import family  # noqa: E402
+from benchmarks.attention import family, saved_bytes  # noqa: E402
 from kernels import triton as triton_kernels  # noqa: E402
 from models.attention import build_attention, registered_names  # noqa: E402
 
@@ -109,16 +109,7 @@ def time_ms(case: Case, reps: int, cuda: bool) -> float:
 
 def peak_bytes(case: Case, cuda: bool) -> int:
     if not cuda:
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            case.module.attend(case.q, case.k, case.v, None, False)
-        return total
+        return saved_bytes(lambda: case.module.attend(case.q, case.k, case.v, None, False))
     for t in (case.q, case.k, case.v, *case.module.parameters()):
         t.grad = None
     torch.cuda.synchronize()

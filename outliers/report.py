@@ -52,6 +52,7 @@ COLUMNS = [
     ("convergence/final_val_ppl", "final ppl"),
     ("convergence/val_loss_auc", "val-loss AUC"),
     ("outliers/act/top1_over_median/max", "top1/median (max)"),
+    ("outliers/down/top1_over_median/max", "down-proj input top1/median"),
     ("outliers/act/avg_kurtosis", "avg kurtosis"),
     ("outliers/act/max_inf_norm", "max inf-norm"),
     ("outliers/attn/sink_rate", "sink rate"),
@@ -66,6 +67,7 @@ HEADLINE = [  # outliers_vs_step.png panels: (metrics.csv key, title)
     ("outliers/act/max_inf_norm", "max inf-norm of the residual"),
     ("outliers/attn/sink_rate", "sink rate"),
     ("outliers/attn/first_token_share/max", "first-token attention share (max)"),
+    ("outliers/down/top1_over_median/max", "top1 / median at the FFN down-projection input"),
 ]
 CURVE_KEYS = {"train/loss", "val/loss"} | {key for key, _ in HEADLINE}
 SIGNIFICANCE = ((0.01, "**"), (0.05, "*"))  # (threshold, mark), strictest first
@@ -688,13 +690,14 @@ def loss_curves_figure(groups: list[Group], colors: dict, markers: dict) -> Figu
 
 
 def outliers_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
-    """One panel per headline outlier metric, a line per variant (mean over seeds); the sixth
+    """One panel per headline outlier metric, a line per variant (mean over seeds); the last
     panel holds the legend."""
-    fig = _new_figure(13.0, 7.0)
+    cols = (len(HEADLINE) + 2) // 2  # two rows, one more panel for the legend
+    fig = _new_figure(4.3 * cols, 7.0)
     fig.suptitle("Outlier metrics over training (mean over seeds)")
     handles = {}
     for i, (key, title) in enumerate(HEADLINE):
-        ax = fig.add_subplot(2, 3, i + 1)
+        ax = fig.add_subplot(2, cols, i + 1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -717,7 +720,7 @@ def outliers_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
         if values.size and values.min() > 0 and values.max() / values.min() > 20:
             ax.set_yscale("log")
             ax.set_ylabel("log scale", fontsize=8)
-    legend_ax = fig.add_subplot(2, 3, 6)
+    legend_ax = fig.add_subplot(2, cols, len(HEADLINE) + 1)
     legend_ax.axis("off")
     if handles:
         legend_ax.legend(list(handles.values()), list(handles), loc="center", title="variant",
