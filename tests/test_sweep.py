@@ -31,11 +31,6 @@ def test_experiment_configs_define_their_sweeps(experiment, variants):
     assert cfg.hydra.sweeper.params.attention == variants and cfg.hydra.sweeper.params.seed == "0,1"
 
 
-def test_cpu_study_recipe_composes():
-    cfg = compose_hydra("+experiment=cpu_study")
-    assert cfg.model.name == "nano" and cfg.optim.lr == 3e-3 and "softmax" in cfg.hydra.sweeper.params.attention
-
-
 def test_slurm_launcher_config_composes_and_resolves():
     cfg = compose_hydra("hydra/launcher=slurm")
     launcher = cfg.hydra.launcher
