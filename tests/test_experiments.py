@@ -17,6 +17,7 @@ def test_gpt2_paper_recipe_matches_the_seed_paper(tmp_path):
     assert tokens_per_step == 491_520
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (12, 768, 12)
     assert cfg.data.corpus.path == "Skylion007/openwebtext" and cfg.data.tokenizer == "gpt2"
+    assert cfg.data.max_tokens is None  # the whole corpus, not the 1B-token cap of data=openwebtext
     o = cfg.optim
     assert (o.lr, o.min_lr, list(o.betas), o.weight_decay, o.warmup_steps, o.decay_steps) == (
         6e-4, 6e-5, [0.9, 0.95], 0.1, 2000, 50_000)
