@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 
-from models.errors import ConfigError, exit_on_config_error
+from errors import ConfigError, exit_on_config_error
 from models.gpt import GPT
 from models.lit_gpt import LitGPT
 from outliers.compression import check_protocols

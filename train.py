@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from models.csv_logger import ResumableCSVLogger
-from models.errors import ConfigError, exit_on_config_error
+from errors import ConfigError, exit_on_config_error
 from models.lit_gpt import NonFiniteLossError
 from outliers.compression import check_protocols
 from outliers.evaluation import compression_results, print_results

@@ -21,7 +21,7 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from models.errors import ConfigError
+from errors import ConfigError
 
 
 class Corpus:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.corpora import Corpus
 from data.tokenizers import build_tokenizer
-from models.errors import ConfigError
+from errors import ConfigError
 
 CACHE_FORMAT = 1
 

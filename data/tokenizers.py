@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import ConfigError
+from errors import ConfigError
 
 TOKENIZERS = ("byte", "gpt2")
 

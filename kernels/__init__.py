@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from kernels import flash, naive, slot
 from kernels import triton as triton_kernels
-from models.errors import ConfigError
+from errors import ConfigError
 
 BACKENDS = ("auto", "flash", "flex", "sdpa", "triton", "eager")
 SUPPORTED = {

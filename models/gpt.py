@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from models.attention import build_attention, get_attention_class
 from models.attention.base import rope_tables
-from models.errors import ConfigError
+from errors import ConfigError
 
 
 STYLES = ("gpt2", "llama")

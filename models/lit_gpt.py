@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from models.errors import ConfigError
+from errors import ConfigError
 from models.gpt import GPT
 
 DEFAULT_OPTIM = dict(lr=1e-3, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=100, decay_steps=None)

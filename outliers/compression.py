@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.errors import ConfigError
+from errors import ConfigError
 
 HEAD = "lm_head"  # module name of the output head (tied to transformer.wte in models.gpt.GPT)
 DEFAULT_PROTOCOLS = ("w8a8", "w8_absmax", "w4_per_channel", "prune50", "clip_p99.9")

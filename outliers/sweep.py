@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from rich.console import Console
 from rich.markup import escape
 
-from models.errors import find_config_error
+from errors import find_config_error
 
 FAILED = "FAILED"
 

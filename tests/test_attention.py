@@ -12,7 +12,7 @@ import torch
 
 import kernels
 from models.attention import build_attention, registered_names
-from models.errors import ConfigError
+from errors import ConfigError
 
 B, T, C, H = 2, 7, 24, 3
 

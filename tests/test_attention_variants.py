@@ -18,7 +18,7 @@ import torch
 
 from models.attention import build_attention, registered_names
 from models.attention.base import rope_tables
-from models.errors import ConfigError
+from errors import ConfigError
 
 B, T, C, H = 2, 8, 32, 4
 D = C // H  # head size

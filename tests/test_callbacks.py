@@ -11,7 +11,8 @@ import torch
 
 import train
 from models.gpt import GPT
-from outliers.callbacks import ConvergenceMonitor, outlier_metrics
+from outliers.callbacks import ConvergenceMonitor
+from outliers.metrics import Probe, run_measures
 from outliers.probes import probe
 from tests.helpers import TINY, compose_train, read_metric
 
@@ -52,7 +53,7 @@ def test_planted_activation_outlier_is_reported():
     """One residual channel x1000 (through a hook): top1/median rises by about that factor."""
     model = small_gpt(n_layer=3)
     idx = torch.randint(0, 64, (4, 32))
-    before = outlier_metrics(probe(model, idx), model, idx)
+    before = run_measures(Probe(probe(model, idx), model, idx))
     channel = 7
 
     def plant(module, inputs, output):
@@ -62,13 +63,13 @@ def test_planted_activation_outlier_is_reported():
 
     handle = model.transformer.h[1].register_forward_hook(plant)
     try:
-        after = outlier_metrics(probe(model, idx), model, idx)
+        after = run_measures(Probe(probe(model, idx), model, idx))
     finally:
         handle.remove()
     ratio = after["outliers/act/top1_over_median/layer_1"] / before["outliers/act/top1_over_median/layer_1"]
     assert 200 < ratio < 2000, ratio
     # at init |h| ~ 0.02, so the planted values (~20) stay under Sun et al.'s absolute 100;
-    # the ratio-only count (>= 1000 x median) is the one that fires, as DESIGN.md expects at small scale
+    # the ratio-only count (>= 1000 x median) is the one that fires, as expected at small scale
     assert after["outliers/act/massive_ratio/layer_1"] > 0 and before["outliers/act/massive_ratio/total"] == 0
     assert after["outliers/act/massive/total"] == 0
     assert after["outliers/act/top_channel"] == channel and after["outliers/act/top_channel_layer"] >= 1

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models.attention.registry import registered_names
-from models.errors import ConfigError
+from errors import ConfigError
 from models.gpt import GPT
 from outliers import compression as cp
 

@@ -12,7 +12,7 @@ import torch
 from data.corpora import HubDataset, LocalFiles, PythonStdlib
 from data.datamodule import FixedWindows, RandomWindowBatches, ResumableSampler, TextDataModule
 from data.tokenizers import ByteTokenizer, build_tokenizer
-from models.errors import ConfigError
+from errors import ConfigError
 
 
 @pytest.fixture

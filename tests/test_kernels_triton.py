@@ -22,7 +22,7 @@ import kernels  # noqa: E402
 from kernels import naive  # noqa: E402
 from kernels import triton as triton_kernels  # noqa: E402
 from models.attention import build_attention  # noqa: E402
-from models.errors import ConfigError  # noqa: E402
+from errors import ConfigError  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_kernels.interpreting():
     pytest.skip("no GPU and TRITON_INTERPRET is not on (tests/conftest.py turns it on unless it is set)",

@@ -1,4 +1,4 @@
-"""outliers/metrics.py on constructed tensors whose answers are known in closed form."""
+"""outliers/metrics/functions.py on constructed tensors whose answers are known in closed form."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from outliers.metrics import (
+from outliers.metrics.functions import (
     activation_stats,
     attention_entropy,
     attention_outlier_keys,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.errors import ConfigError
+from errors import ConfigError
 from models.gpt import GPT
 
 V, T_MAX, L, C, H = 50, 12, 2, 24, 3

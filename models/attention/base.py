@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import kernels
-from models.errors import ConfigError
+from errors import ConfigError
 
 
 class CausalSelfAttention(nn.Module):

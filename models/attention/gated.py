@@ -9,7 +9,7 @@ from torch import nn
 
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
-from models.errors import ConfigError
+from errors import ConfigError
 
 GATE_INPUTS = ("head", "full")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.errors import ConfigError
+from errors import ConfigError
 
 _REGISTRY: dict[str, type] = {}
 

@@ -7,7 +7,7 @@ import torch
 
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
-from models.errors import ConfigError
+from errors import ConfigError
 
 BIAS_LENGTHS = ("sequence", "block_size")
 

@@ -1,6 +1,6 @@
 """Outlier metrics: pure functions, tensors in, plain Python numbers or small tensors out.
 
-Definitions follow /work/shared/DESIGN.md section 3. Sources:
+Definitions: docs/metrics.md. Sources:
 - seed:        An et al. 2025, "Systematic Outliers in Large Language Models" (and its code)
 - Sun:         Sun et al. 2024, "Massive Activations in Large Language Models"
 - Bondarenko:  Bondarenko et al. 2023, "Quantizable Transformers"
@@ -71,7 +71,7 @@ def massive_count(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: f
 
 def massive_ratio_count(h: torch.Tensor, median_ratio: float = 1000.0) -> int:
     """The ratio-only curve of Sun et al.'s criterion: nonzero entries with
-    |h| >= median_ratio * median|h| (= massive_count with abs_threshold 0; DESIGN.md s.3)."""
+    |h| >= median_ratio * median|h| (= massive_count with abs_threshold 0)."""
     return massive_count(h, 0.0, median_ratio)
 
 

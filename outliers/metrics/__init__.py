@@ -1,0 +1,10 @@
+"""Outlier metrics in three parts: ``functions`` (pure tensor statistics), ``measures``
+(what each probe computes from them, with the declarations of its headline values) and
+``registry`` (the declarations every consumer reads). Importing the package registers the
+probe measures."""
+
+from outliers.metrics import measures  # noqa: F401  (registers the @measure functions)
+from outliers.metrics.measures import Probe
+from outliers.metrics.registry import Metric, curve_keys, declare, declared, emergence_defaults, run_measures
+
+__all__ = ["Metric", "Probe", "curve_keys", "declare", "declared", "emergence_defaults", "run_measures"]
