@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from errors import ConfigError
+from outliers.metrics.registry import Metric, declare
 
 HEAD = "lm_head"  # module name of the output head (tied to transformer.wte in models.gpt.GPT)
 DEFAULT_PROTOCOLS = ("w8a8", "w8_absmax", "w4_per_channel", "prune50", "clip_p99.9")
@@ -437,6 +438,14 @@ PROTOCOLS: dict[str, Callable[..., nn.Module]] = {
     "clip_p99.9": _clip_p999,
     "smooth_w8a8": _smooth_w8a8,
 }
+
+
+# The report's columns: ppl ratios of the protocols with a header here come first, the
+# others (declared, without a header) follow when the runs have them.
+declare(*(Metric(f"compress/{name}/ppl_ratio", f"{name} perplexity / full precision",
+                 column={"w8a8": "W8A8 ppl ratio", "w8_absmax": "W8 ppl ratio",
+                         "prune50": "prune50 ppl ratio"}.get(name))
+          for name in PROTOCOLS))
 
 
 def check_protocols(names: Iterable[str] | str | None) -> list[str]:
