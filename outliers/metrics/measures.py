@@ -104,9 +104,9 @@ def weight_outliers(probe: Probe) -> dict[str, float]:
 
 
 @measure(
+    Metric("outliers/attn/sink_rate", "sink rate", column="sink rate", curve=True, panel=True, emergence=0.5),
     Metric("outliers/attn/first_token_share/max", "first-token attention share (max)",
            column="first-token share", curve=True, panel=True),
-    Metric("outliers/attn/sink_rate", "sink rate", column="sink rate", curve=True, panel=True, emergence=0.5),
     Metric("outliers/attn/null_mass/mean", "null mass (mean over layers)", curve=True),
 )
 def attention_outliers(probe: Probe) -> dict[str, float]:
