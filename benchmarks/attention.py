@@ -26,37 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402
 from models.attention import build_attention, registered_names  # noqa: E402
 from models.gpt import GPT  # noqa: E402
 
 SIZES = {"nano": (128, 4), "small": (384, 6)}  # n_embd, n_head
 FAMILY_TARGET = {"slot": 1.5, "elementwise": 2.5, "softmax": 1.10}
-
-
-def family(module) -> str:
-    """Which kernel family the variant's fast path uses (by what it calls in kernels/)."""
-    calls = []
-    original = {name: getattr(kernels, name) for name in ("softmax_attention", "slot_attention", "elementwise_attention")}
-
-    def spy(name):
-        def wrapped(*args, **kwargs):
-            calls.append(name.split("_")[0])
-            return original[name](*args, **kwargs)
-        return wrapped
-
-    for name in original:
-        setattr(kernels, name, spy(name))
-    try:
-        with torch.no_grad():
-            module(torch.randn(1, 8, module.n_embd))
-    finally:
-        for name, fn in original.items():
-            setattr(kernels, name, fn)
-    for fam in ("elementwise", "slot"):
-        if fam in calls:
-            return fam
-    return "softmax"
 
 
 def saved_bytes(forward) -> int:
@@ -100,7 +74,7 @@ def bench(size: str, rounds: int, batch: int, seq: int) -> dict[str, tuple[float
                         attention={"name": name}) for name in modules}
     model_t = interleaved_medians({n: functools.partial(lambda m: m.loss(idx, idx).backward(), m)
                                    for n, m in models.items()}, max(3, rounds // 2))
-    return {name: (module_t[name], saved_bytes(lambda: m(x).sum()), family(m), model_t[name]) for name, m in modules.items()}
+    return {name: (module_t[name], saved_bytes(lambda: m(x).sum()), m.family, model_t[name]) for name, m in modules.items()}
 
 
 def main() -> None:

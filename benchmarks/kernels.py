@@ -41,9 +41,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
-from benchmarks.attention import family, saved_bytes  # noqa: E402
+from benchmarks.attention import saved_bytes  # noqa: E402
 from kernels import triton as triton_kernels  # noqa: E402
-from models.attention import build_attention, registered_names  # noqa: E402
+from models.attention import build_attention, get_attention_class, registered_names  # noqa: E402
 
 TARGET = {"elementwise": 1.3, "slot": 1.2, "softmax": 1.0}
 
@@ -52,7 +52,7 @@ def variants() -> dict[str, str]:
     """softmax, then every registered variant of the elementwise and slot families -> its family."""
     found = {"softmax": "softmax"}
     for name in registered_names():
-        fam = family(build_attention(name, n_embd=32, n_head=2, block_size=8))
+        fam = get_attention_class(name).family
         if fam in ("elementwise", "slot"):
             found[name] = fam
     return found

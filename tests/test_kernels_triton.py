@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 from kernels import naive  # noqa: E402
 from kernels import triton as triton_kernels  # noqa: E402
-from models.attention import build_attention  # noqa: E402
+from models.attention import build_attention, get_attention_class, registered_names  # noqa: E402
 from errors import ConfigError  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_kernels.interpreting():
@@ -30,12 +30,11 @@ if not torch.cuda.is_available() and not triton_kernels.interpreting():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the compiled kernels are tested
 
 
-# name -> (variant options, the kernel's parameters from the built module)
+# kernel -> (the variant that declares it, the options its tests use: its last declared
+# test option set, the one that reaches the most branches, e.g. clipped softmax's upper clip)
 VARIANTS = {
-    "softpick": ({}, lambda m, t: {"eps": m.eps}),
-    "sigmoid": ({}, lambda m, t: {"bias": m.logit_bias(t)}),
-    # zeta > 1 so that the upper clip is reached too (row 0 has softmax 1, so y = zeta > 1)
-    "clipped_softmax": ({"zeta": 1.1, "gamma": -0.1}, lambda m, t: {"zeta": m.zeta, "gamma": m.gamma}),
+    cls.fused_kernel: (name, cls.test_options[-1])
+    for name in registered_names() if (cls := get_attention_class(name)).fused_kernel
 }
 B, H = 2, 2
 
@@ -49,11 +48,19 @@ def qkv(t, d, dtype=torch.float32, seed=0):
 
 
 def eager_reference(name, q, k, v):
-    """(o, probs) from the variant's attend with the eager backend."""
-    opts, _ = VARIANTS[name]
-    module = build_attention(name, n_embd=H * q.size(-1), n_head=H, block_size=128, backend="eager", **opts)
+    """(o, probs, module) from the variant's attend with the eager backend."""
+    variant, opts = VARIANTS[name]
+    module = build_attention(variant, n_embd=H * q.size(-1), n_head=H, block_size=128, backend="eager", **opts)
     o, extras = module.attend(q, k, v, None, True)
     return o, extras["probs"], module
+
+
+def test_every_kernel_has_a_variant_and_every_declared_kernel_exists():
+    """kernels/triton/<name>.py files and the variants' ``fused_kernel`` declarations agree,
+    so no kernel goes untested and no variant names a missing kernel."""
+    assert set(VARIANTS) == set(triton_kernels.KERNELS), (sorted(VARIANTS), sorted(triton_kernels.KERNELS))
+    for name, function in triton_kernels.KERNELS.items():
+        assert callable(getattr(triton_kernels, function)), f"kernels/triton/{name}.py lacks {function}"
 
 
 @pytest.mark.parametrize("d", [16, 32])
@@ -62,8 +69,7 @@ def eager_reference(name, q, k, v):
 def test_kernel_matches_eager_reference(name, t, d):
     q, k, v = qkv(t, d)
     o_ref, probs, module = eager_reference(name, q, k, v)
-    params = VARIANTS[name][1](module, t)
-    o = triton_kernels.fused_attention(name, q, k, v, **params)
+    o = triton_kernels.fused_attention(name, q, k, v, **module.fused_params(t))
     torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
 
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
@@ -85,7 +91,7 @@ def test_head_size_not_a_power_of_two(name):
     """d = 24: the tiles pad it to 32 with masked loads."""
     q, k, v = qkv(21, 24)
     o_ref, _, module = eager_reference(name, q, k, v)
-    o = triton_kernels.fused_attention(name, q, k, v, **VARIANTS[name][1](module, 21))
+    o = triton_kernels.fused_attention(name, q, k, v, **module.fused_params(21))
     torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     for g, w in zip(torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
@@ -96,7 +102,7 @@ def test_fp16_close_to_float32_reference():
     """Half precision inputs (tl.dot in fp16, fp32 accumulation), each kernel, loose tolerance."""
     for name in VARIANTS:
         q, k, v = qkv(40, 32, dtype=torch.float16)
-        o = triton_kernels.fused_attention(name, q, k, v, **VARIANTS[name][1](eager_reference(name, q, k, v)[2], 40))
+        o = triton_kernels.fused_attention(name, q, k, v, **eager_reference(name, q, k, v)[2].fused_params(40))
         assert o.dtype == torch.float16
         qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
         o_ref, _, _ = eager_reference(name, qf, kf, vf)
@@ -120,7 +126,7 @@ def test_memory_is_linear_in_length():
         return x
 
     for name in VARIANTS:
-        params = VARIANTS[name][1](eager_reference(name, q, k, v)[2], t)
+        params = eager_reference(name, q, k, v)[2].fused_params(t)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
             triton_kernels.fused_attention(name, q, k, v, **params)
     assert sizes and max(sizes) <= B * H * t * d, sizes
@@ -131,12 +137,12 @@ def test_module_with_triton_backend_matches_eager(name):
     """The whole variant module (projections, rope, non-contiguous head views) with backend=triton."""
     from models.attention.base import rope_tables
 
-    opts, _ = VARIANTS[name]
+    variant, opts = VARIANTS[name]
     c, t = 32, 37
     modules = []
     for backend in ("eager", "triton"):
         torch.manual_seed(0)
-        module = build_attention(name, n_embd=c, n_head=2, block_size=64, backend=backend, **opts)
+        module = build_attention(variant, n_embd=c, n_head=2, block_size=64, backend=backend, **opts)
         with torch.no_grad():
             for p in module.parameters():
                 p.normal_(0, 0.25)

@@ -8,6 +8,7 @@ weights are not a plain softmax (one file each, like flash-linear-attention's fl
 Each works online over key blocks and keeps O(T) memory per head (the (T, T) weights are
 never stored). The references are the variants' own dense formulas in models/attention/,
 run by kernels.naive.elementwise_attention; tests/test_kernels_triton.py compares them.
+A new kernel is a file ``<name>.py`` here defining ``<name>_attention(q, k, v, **params)``.
 
 triton is optional: ``import kernels`` works without it. The kernel modules are imported
 on first use, not here, because ``triton.jit`` decides at import time whether a kernel is
@@ -19,12 +20,14 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import pkgutil
 
-# variant name -> (module in this package, function in it)
+# kernel name -> the function ``<name>_attention`` of the module <name>.py beside this file.
+# Found from the file names, without importing them (see above); a variant names its
+# kernel in its declaration (``fused_kernel``), and the tests check the two sides agree.
 KERNELS = {
-    "softpick": "softpick_attention",
-    "sigmoid": "sigmoid_attention",
-    "clipped_softmax": "clipped_softmax_attention",
+    module.name: f"{module.name}_attention"
+    for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")
 }
 
 

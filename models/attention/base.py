@@ -21,7 +21,20 @@ class CausalSelfAttention(nn.Module):
     ``module.probe_out`` after each forward.
     """
 
-    variant_name = "?"
+    # -- the variant's declaration: everything the rest of the project knows about it, set
+    #    once in its own file. The tests, benchmarks, kernels and compression read these. --
+    variant_name = "?"  # set by @register
+    family = "softmax"  # the kernels entry point its fast path runs on: softmax | slot | elementwise
+    fused_kernel: str | None = None  # its fused Triton kernel, kernels/triton/<name>.py (params: fused_params)
+    # What one row of its probe's ``probs`` (weights on the real keys) sums to:
+    #   "one": a distribution; "null_mass": 1 - null_mass, the share given to nothing;
+    #   "one_minus_lambda": 1 - probe_out["lambda"] (differential attention).
+    probe_rows = "one"
+    init_means: dict[str, float] = {}  # probe extra -> its mean at init, where the init is designed
+    init_std: dict[str, float] = {}  # parameter -> its std at init (0: all zeros)
+    # option sets the tests check: the defaults first; the kernel tests use the last one, so
+    # make it the one that reaches the most branches
+    test_options: tuple[dict, ...] = ({},)
 
     def __init__(
         self,
@@ -50,6 +63,26 @@ class CausalSelfAttention(nn.Module):
 
     def init_extra_parameters(self) -> None:
         """Initialise variant-specific parameters; called after the GPT's generic init."""
+
+    def reference(self, x: torch.Tensor, rope, **options) -> dict[str, torch.Tensor]:
+        """The variant's formula in plain torch on this module's parameters, written from its
+        source (``models.attention.reference`` has the shared pieces): ``{"out": the module's
+        output, "probs": ..., and every other probe extra}``. ``options`` are the constructor
+        options the module was built with. The tests compare every backend, kernel and probe
+        with it, so it never calls ``attend`` or ``kernels``."""
+        raise NotImplementedError(
+            f"attention variant {self.variant_name!r} declares no reference: write its formula as "
+            f"{type(self).__name__}.reference (models/attention/base.py says how)")
+
+    def block_input_readers(self) -> list[nn.Module]:
+        """The modules that read the block input x (the attention-side norm's output). A
+        compression protocol that rescales x per channel (smoothing) folds the inverse into
+        them: nn.Linear, or modules with ``input_channel_absmax()`` and ``fold_input(shift, scale)``."""
+        return [self.c_attn]
+
+    def fused_params(self, t: int) -> dict:
+        """The parameters of ``fused_kernel`` for sequences of length t."""
+        return {}
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -84,9 +117,10 @@ class CausalSelfAttention(nn.Module):
         )
         return o, pi, ({"probs": p, "null_mass": pi} if probe else {})
 
-    def elementwise_attend(self, q, k, v, probe: bool, probs_fn, fused=None):
-        """P V with P = probs_fn(s, mask) (see kernels.elementwise_attention); ``fused`` =
-        (kernel name, parameters) of the variant's fused triton kernel, None if it has none."""
+    def elementwise_attend(self, q, k, v, probe: bool, probs_fn):
+        """P V with P = probs_fn(s, mask) (see kernels.elementwise_attention), or the variant's
+        fused Triton kernel where the backend chooses it."""
+        fused = (self.fused_kernel, self.fused_params(q.size(-2))) if self.fused_kernel else None
         o, p = kernels.elementwise_attention(
             q, k, v, probs_fn, fused=fused, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe
         )

@@ -3,6 +3,7 @@ With gamma < 0 a head can put exactly zero weight on tokens, without extreme log
 
 import torch
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 from errors import ConfigError
@@ -29,6 +30,12 @@ class ClippedSoftmaxProbs(torch.autograd.Function):
 
 @register("clipped_softmax")
 class ClippedSoftmaxAttention(CausalSelfAttention):
+    family = "elementwise"
+    fused_kernel = "clipped_softmax"
+    probe_rows = "null_mass"
+    # the last one has zeta > 1, so that the upper clip is reached too
+    test_options = ({}, {"alpha": 4.0}, {"alpha": 40.0}, {"gamma": -0.1, "zeta": 1.1})
+
     def __init__(self, n_embd: int, n_head: int, alpha: float = 12.0, zeta: float = 1.0, gamma: float | None = None,
                  **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
@@ -42,7 +49,14 @@ class ClippedSoftmaxAttention(CausalSelfAttention):
         self.alpha, self.zeta, self.gamma = alpha, zeta, gamma
 
     def attend(self, q, k, v, x, probe):
-        return self.elementwise_attend(
-            q, k, v, probe, lambda s, mask: ClippedSoftmaxProbs.apply(s, self.zeta, self.gamma),
-            fused=("clipped_softmax", {"zeta": self.zeta, "gamma": self.gamma}),
-        )
+        return self.elementwise_attend(q, k, v, probe, lambda s, mask: ClippedSoftmaxProbs.apply(s, self.zeta, self.gamma))
+
+    def fused_params(self, t):
+        return {"zeta": self.zeta, "gamma": self.gamma}
+
+    def reference(self, x, rope, alpha=12.0, zeta=1.0, gamma=None, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        gamma = -alpha / self.block_size if gamma is None else gamma
+        s = ref.logits(q, k)
+        p = torch.clamp((zeta - gamma) * ref.causal_softmax(s) + gamma, 0, 1) * ref.visible(s.size(-1), s.dtype)
+        return {"out": ref.finish(self, p @ v), "probs": p, "null_mass": 1 - p.sum(-1)}

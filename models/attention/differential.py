@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 from errors import ConfigError
@@ -19,6 +20,9 @@ from errors import ConfigError
 
 @register("differential")
 class DifferentialAttention(CausalSelfAttention):
+    probe_rows = "one_minus_lambda"  # A1 - lam A2: each row sums to 1 - lam
+    test_options = ({}, {"layer_idx": 2})
+
     def __init__(self, n_embd: int, n_head: int, **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         if n_head % 2:
@@ -43,3 +47,15 @@ class DifferentialAttention(CausalSelfAttention):
         o = self.subln(o1 - lam * o2) * (1 - self.lambda_init)  # (B, H/2, T, 2d)
         extras = {"probs": e1["probs"] - lam * e2["probs"], "lambda": lam.detach().reshape(1)} if probe else {}
         return o.view(B, H // 2, T, 2, d).transpose(2, 3).reshape(B, H, T, d), extras
+
+    def reference(self, x, rope, layer_idx=0, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        lam_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+        lam = torch.exp(self.lambda_q1 @ self.lambda_k1) - torch.exp(self.lambda_q2 @ self.lambda_k2) + lam_init
+        a1 = ref.causal_softmax(ref.logits(q[:, 0::2], k[:, 0::2]))
+        a2 = ref.causal_softmax(ref.logits(q[:, 1::2], k[:, 1::2]))
+        v2 = torch.cat([v[:, 0::2], v[:, 1::2]], dim=-1)  # group g: v heads 2g and 2g+1, 2d wide
+        p = a1 - lam * a2
+        o = p @ v2
+        o = o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * self.subln.weight
+        return {"out": ref.finish(self, o * (1 - lam_init)), "probs": p, "lambda": lam.reshape(1)}

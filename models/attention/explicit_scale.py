@@ -7,12 +7,15 @@ A head that should do nothing can set S -> 0 instead of building an attention si
 import torch
 from torch import nn
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
 
 @register("explicit_scale")
 class ExplicitScaleAttention(CausalSelfAttention):
+    init_means = {"scale": 1.0}
+
     def __init__(self, n_embd: int, n_head: int, **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         # Sequential so that the parameter names match the seed checkpoints: context_scale.0.*
@@ -29,3 +32,12 @@ class ExplicitScaleAttention(CausalSelfAttention):
         if probe:
             extras["scale"] = scale
         return o * scale.transpose(1, 2).unsqueeze(-1).to(o.dtype), extras
+
+    def block_input_readers(self):
+        return [self.c_attn, self.context_scale[0]]
+
+    def reference(self, x, rope, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        p = ref.causal_softmax(ref.logits(q, k))
+        scale = 2 * torch.sigmoid(ref.linear(self.context_scale[0], x))  # (B, T, H)
+        return {"out": ref.finish(self, ref.head_scale(p @ v, scale)), "probs": p, "scale": scale}

@@ -4,6 +4,7 @@ after SDPA, elementwise (C -> H*d, the default) or headwise (C -> H), no bias.""
 import torch
 from torch import nn
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 from errors import ConfigError
@@ -13,6 +14,9 @@ GRANULARITIES = ("elementwise", "headwise")
 
 @register("gated_g1")
 class GatedG1Attention(CausalSelfAttention):
+    init_means = {"gate": 0.5}
+    test_options = ({}, {"granularity": "headwise"})
+
     def __init__(self, n_embd: int, n_head: int, granularity: str = "elementwise", **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         if granularity not in GRANULARITIES:
@@ -26,3 +30,18 @@ class GatedG1Attention(CausalSelfAttention):
         if probe:
             extras["gate"] = gate
         return o * gate.transpose(1, 2).to(o.dtype), extras
+
+    def block_input_readers(self):
+        return [self.c_attn, self.gate_proj]
+
+    def reference(self, x, rope, granularity="elementwise", **options):
+        q, k, v = ref.qkv(self, x, rope)
+        p = ref.causal_softmax(ref.logits(q, k))
+        g = torch.sigmoid(x @ self.gate_proj.weight.T)
+        if granularity == "elementwise":
+            o = (p @ v) * ref.split_heads(g, self.head_dim)
+            gate = g.reshape(*g.shape[:2], self.n_head, self.head_dim)
+        else:
+            o = ref.head_scale(p @ v, g)
+            gate = g.unsqueeze(-1)
+        return {"out": ref.finish(self, o), "probs": p, "gate": gate}

@@ -10,19 +10,33 @@
 import torch
 from torch import nn
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
 
 @register("softmax1")
 class Softmax1Attention(CausalSelfAttention):
+    family = "slot"
+    probe_rows = "null_mass"
+
     def attend(self, q, k, v, x, probe):
         o, _, extras = self.slot_attend(q, k, v, probe)  # slot logit 0, slot value 0
         return o, extras
 
+    def reference(self, x, rope, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        e = ref.causal_exp(ref.logits(q, k))
+        p = e / (1 + e.sum(-1, keepdim=True))
+        return {"out": ref.finish(self, p @ v), "probs": p, "null_mass": 1 - p.sum(-1)}
+
 
 @register("sink")
 class SinkAttention(CausalSelfAttention):
+    family = "slot"
+    probe_rows = "null_mass"
+    init_std = {"sinks": 0.02}
+
     def __init__(self, n_embd: int, n_head: int, **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         self.sinks = nn.Parameter(torch.zeros(n_head))
@@ -33,3 +47,9 @@ class SinkAttention(CausalSelfAttention):
     def attend(self, q, k, v, x, probe):
         o, _, extras = self.slot_attend(q, k, v, probe, slot_bias=self.sinks.view(1, -1, 1, 1))
         return o, extras
+
+    def reference(self, x, rope, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        e = ref.causal_exp(ref.logits(q, k))
+        p = e / (torch.exp(self.sinks).view(1, -1, 1, 1) + e.sum(-1, keepdim=True))
+        return {"out": ref.finish(self, p @ v), "probs": p, "null_mass": 1 - p.sum(-1)}

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 from errors import ConfigError
@@ -14,6 +15,12 @@ BIAS_LENGTHS = ("sequence", "block_size")
 
 @register("sigmoid")
 class SigmoidAttention(CausalSelfAttention):
+    family = "elementwise"
+    fused_kernel = "sigmoid"
+    probe_rows = "null_mass"
+    # the fixed bias is `logit_bias`: `bias` is the base class's Linear-bias flag
+    test_options = ({}, {"bias_length": "block_size"}, {"logit_bias": -1.0})
+
     def __init__(self, n_embd: int, n_head: int, bias_length: str = "sequence", logit_bias: float | None = None,
                  **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
@@ -33,4 +40,15 @@ class SigmoidAttention(CausalSelfAttention):
         def probs(s, mask):
             return torch.sigmoid(s + b)  # masked logits are -inf: weight exactly 0
 
-        return self.elementwise_attend(q, k, v, probe, probs, fused=("sigmoid", {"bias": b}))
+        return self.elementwise_attend(q, k, v, probe, probs)
+
+    def fused_params(self, t):
+        return {"bias": self.logit_bias(t)}
+
+    def reference(self, x, rope, bias_length="sequence", logit_bias=None, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        n = x.size(1) if bias_length == "sequence" else self.block_size
+        b = logit_bias if logit_bias is not None else -math.log(n)
+        s = ref.logits(q, k)
+        p = torch.sigmoid(s + b) * ref.visible(s.size(-1), s.dtype)
+        return {"out": ref.finish(self, p @ v), "probs": p, "null_mass": 1 - p.sum(-1)}

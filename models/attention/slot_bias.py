@@ -6,14 +6,21 @@
 pi_i = e^{q_i.k'/sqrt d} / (e^{q_i.k'/sqrt d} + sum_j e^{s_ij}) is the weight on the extra slot.
 """
 
+import math
+
 import torch
 from torch import nn
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
 
 class _SlotBias(CausalSelfAttention):
+    family = "slot"
+    probe_rows = "null_mass"
+    init_std = {"k_bias": 0.02, "v_bias": 0.02}
+
     def __init__(self, n_embd: int, n_head: int, **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         # names and shapes of the seed checkpoints: `.attn.k_bias`, `.attn.v_bias`, (1, H, 1, d)
@@ -24,12 +31,24 @@ class _SlotBias(CausalSelfAttention):
         nn.init.normal_(self.k_bias, std=0.02)
         nn.init.normal_(self.v_bias, std=0.02)
 
+    def _slot_reference(self, x, rope):
+        """e^{s} on the visible keys, the slot's e^{q.k'/sqrt d}, their sum, and v."""
+        q, k, v = ref.qkv(self, x, rope)
+        e = ref.causal_exp(ref.logits(q, k))
+        e_slot = torch.exp(q @ self.k_bias.transpose(-1, -2) / math.sqrt(self.head_dim))  # (B, H, T, 1)
+        return e, e_slot, e_slot + e.sum(-1, keepdim=True), v
+
 
 @register("attn_bias")
 class AttnBiasAttention(_SlotBias):
     def attend(self, q, k, v, x, probe):
         o, _, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias, slot_value=self.v_bias)
         return o, extras
+
+    def reference(self, x, rope, **options):
+        e, e_slot, denom, v = self._slot_reference(x, rope)
+        p, pi = e / denom, e_slot / denom  # softmax over [s_i, q_i.k'/sqrt d]
+        return {"out": ref.finish(self, p @ v + pi * self.v_bias), "probs": p, "null_mass": pi.squeeze(-1)}
 
 
 @register("ca_bias")
@@ -40,3 +59,9 @@ class ContextAwareBiasAttention(_SlotBias):
         _, pi, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias)
         o, _ = self.softmax_attend(q, k, v, False)
         return o + pi.unsqueeze(-1) * self.v_bias.to(o.dtype), extras
+
+    def reference(self, x, rope, **options):
+        e, e_slot, denom, v = self._slot_reference(x, rope)
+        pi = e_slot / denom
+        o = (e / e.sum(-1, keepdim=True)) @ v + pi * self.v_bias  # the full softmax(s) V, plus pi v'
+        return {"out": ref.finish(self, o), "probs": e / denom, "null_mass": pi.squeeze(-1)}

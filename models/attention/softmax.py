@@ -1,5 +1,6 @@
 """(a) Standard softmax attention, the baseline: o = softmax(s) V."""
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
@@ -8,3 +9,8 @@ from models.attention.registry import register
 class SoftmaxAttention(CausalSelfAttention):
     def attend(self, q, k, v, x, probe):
         return self.softmax_attend(q, k, v, probe)
+
+    def reference(self, x, rope, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        p = ref.causal_softmax(ref.logits(q, k))
+        return {"out": ref.finish(self, p @ v), "probs": p}

@@ -5,6 +5,7 @@ m >= 0 keeps e^{-m} <= 1, so neither term overflows."""
 
 import torch
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
@@ -35,12 +36,24 @@ class SoftpickProbs(torch.autograd.Function):
 
 @register("softpick")
 class SoftpickAttention(CausalSelfAttention):
+    family = "elementwise"
+    fused_kernel = "softpick"
+    probe_rows = "null_mass"
+    test_options = ({}, {"eps": 1e-2})
+
     def __init__(self, n_embd: int, n_head: int, eps: float = 1e-6, **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         self.eps = eps
 
     def attend(self, q, k, v, x, probe):
-        return self.elementwise_attend(
-            q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps),
-            fused=("softpick", {"eps": self.eps}),
-        )
+        return self.elementwise_attend(q, k, v, probe, lambda s, mask: SoftpickProbs.apply(s, mask, self.eps))
+
+    def fused_params(self, t):
+        return {"eps": self.eps}
+
+    def reference(self, x, rope, eps=1e-6, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        s = ref.logits(q, k)
+        e = (torch.exp(s) - 1) * ref.visible(s.size(-1), s.dtype)
+        p = torch.relu(e) / (e.abs().sum(-1, keepdim=True) + eps)
+        return {"out": ref.finish(self, p @ v), "probs": p, "null_mass": 1 - p.sum(-1)}

@@ -4,12 +4,15 @@ after the heads merge. The bias gives every token a constant it need not build i
 import torch
 from torch import nn
 
+from models.attention import reference as ref
 from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
 
 @register("v_bias")
 class VBiasAttention(CausalSelfAttention):
+    init_std = {"v_bias": 0.0}
+
     def __init__(self, n_embd: int, n_head: int, **kwargs):
         super().__init__(n_embd, n_head, **kwargs)
         self.v_bias = nn.Parameter(torch.zeros(n_embd))  # the seed checkpoints' `.attn.v_bias`, (C,)
@@ -17,3 +20,8 @@ class VBiasAttention(CausalSelfAttention):
     def attend(self, q, k, v, x, probe):
         o, extras = self.softmax_attend(q, k, v, probe)
         return o + self.v_bias.view(1, self.n_head, 1, self.head_dim).to(o.dtype), extras
+
+    def reference(self, x, rope, **options):
+        q, k, v = ref.qkv(self, x, rope)
+        p = ref.causal_softmax(ref.logits(q, k))
+        return {"out": ref.finish(self, p @ v, extra=self.v_bias), "probs": p}
