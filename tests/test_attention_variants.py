@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ import torch
 from models.attention import build_attention, get_attention_class, registered_names
 from models.attention import reference as ref
 from models.attention.base import rope_tables
+
+ROOT = Path(__file__).resolve().parents[1]
 from errors import ConfigError
 
 B, T, C, H = 2, 8, 32, 4
@@ -277,6 +280,17 @@ def test_declared_family_is_the_kernels_entry_point_it_calls(name, monkeypatch):
         module(inputs()[0])
     assert set(calls) - {"softmax"} <= {module.family}, f"{name} declares {module.family!r} but calls {calls}"
     assert module.family in calls, f"{name} declares {module.family!r} but calls {calls}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_file_and_one_config_per_variant(name):
+    """A variant lives in models/attention/<name>.py and is configured by configs/attention/<name>.yaml."""
+    from omegaconf import OmegaConf
+
+    cls = get_attention_class(name)
+    assert cls.__module__ == f"models.attention.{name}", f"{name} is defined in {cls.__module__}"
+    config = OmegaConf.load(ROOT / "configs" / "attention" / f"{name}.yaml")
+    assert config.name == name
 
 
 # -- 7. fast path == eager --------------------------------------------------------------------

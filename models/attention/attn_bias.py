@@ -1,10 +1,7 @@
-"""Softmax with a learned extra key k' and value v' per head (An et al. 2025; Sun et al. 2024).
-
-- ``attn_bias`` (d): o_i = softmax([s_i, q_i.k'/sqrt d]) [V; v'] = (1 - pi_i) o_i + pi_i v'.
-- ``ca_bias`` (c):  o_i = softmax(s)_i V + pi_i v', the same pi but the softmax over the
-  real keys is left unscaled.
-pi_i = e^{q_i.k'/sqrt d} / (e^{q_i.k'/sqrt d} + sum_j e^{s_ij}) is the weight on the extra slot.
-"""
+"""(d) Explicit attention bias (An et al. 2025; Sun et al. 2024): a learned extra key k' and
+value v' per head, in the softmax: o_i = softmax([s_i, q_i.k'/sqrt d]) [V; v'] = (1 - pi_i) o_i + pi_i v',
+with pi_i = e^{q_i.k'/sqrt d} / (e^{q_i.k'/sqrt d} + sum_j e^{s_ij}) the weight on the extra slot.
+A head can put its weight on the slot instead of on a real token."""
 
 import math
 
@@ -16,7 +13,8 @@ from models.attention.base import CausalSelfAttention
 from models.attention.registry import register
 
 
-class _SlotBias(CausalSelfAttention):
+@register("attn_bias")
+class AttnBiasAttention(CausalSelfAttention):
     family = "slot"
     probe_rows = "null_mass"
     init_std = {"k_bias": 0.02, "v_bias": 0.02}
@@ -37,10 +35,6 @@ class _SlotBias(CausalSelfAttention):
         e = ref.causal_exp(ref.logits(q, k))
         e_slot = torch.exp(q @ self.k_bias.transpose(-1, -2) / math.sqrt(self.head_dim))  # (B, H, T, 1)
         return e, e_slot, e_slot + e.sum(-1, keepdim=True), v
-
-
-@register("attn_bias")
-class AttnBiasAttention(_SlotBias):
     def attend(self, q, k, v, x, probe):
         o, _, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias, slot_value=self.v_bias)
         return o, extras
@@ -49,19 +43,3 @@ class AttnBiasAttention(_SlotBias):
         e, e_slot, denom, v = self._slot_reference(x, rope)
         p, pi = e / denom, e_slot / denom  # softmax over [s_i, q_i.k'/sqrt d]
         return {"out": ref.finish(self, p @ v + pi * self.v_bias), "probs": p, "null_mass": pi.squeeze(-1)}
-
-
-@register("ca_bias")
-class ContextAwareBiasAttention(_SlotBias):
-    def attend(self, q, k, v, x, probe):
-        # pi from the slot softmax (its value output unused), o from plain softmax. The probe
-        # reports the slot softmax's weights, as for attn_bias: null_mass = pi.
-        _, pi, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias)
-        o, _ = self.softmax_attend(q, k, v, False)
-        return o + pi.unsqueeze(-1) * self.v_bias.to(o.dtype), extras
-
-    def reference(self, x, rope, **options):
-        e, e_slot, denom, v = self._slot_reference(x, rope)
-        pi = e_slot / denom
-        o = (e / e.sum(-1, keepdim=True)) @ v + pi * self.v_bias  # the full softmax(s) V, plus pi v'
-        return {"out": ref.finish(self, o), "probs": e / denom, "null_mass": pi.squeeze(-1)}
