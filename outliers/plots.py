@@ -1,9 +1,7 @@
-"""Figures for the outlier metrics (DESIGN.md section 3): per-layer magnitude profiles,
-channel x token heatmaps, attention maps and metric histories, plus ``save_figures`` to write
-them as PNGs and log them to wandb / TensorBoard.
-
-Everything builds ``matplotlib.figure.Figure`` objects directly (Agg canvas, no pyplot state),
-so figures are never registered globally and nothing leaks when callers drop them.
+"""The OutlierMonitor's figures: per-layer magnitude profiles, channel x token heatmaps,
+attention maps and metric histories, plus ``save_figures`` to write them as PNGs and log
+them to wandb / TensorBoard. They share ``outliers.figure_style`` with the offline report's
+figures, so the two sets look alike.
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from outliers.figure_style import layer_axes, log_scale_if_wide, marker_style, new_figure, no_data, save, step_panel
+
 MAX_PANELS = 8
 _PROFILE_STYLES = {  # key -> (legend label, line style)
     "top1": ("top-1 |h|", dict(color="tab:red", marker="o")),
@@ -27,10 +27,6 @@ _PROFILE_STYLES = {  # key -> (legend label, line style)
     "top3": ("top-3 |h|", dict(color="tab:olive", marker="^")),
     "median": ("median |h|", dict(color="tab:gray", marker="D", linestyle="--")),
 }
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -47,18 +43,14 @@ def _token_text(label: str) -> str:
 
 def layer_profile(per_layer: list[dict[str, float]], title: str) -> Figure:
     """Top-1/2/3 and median |h| of the residual stream per layer, log y (the seed paper's plot)."""
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     layers = np.arange(len(per_layer))
     for key, (label, style) in _PROFILE_STYLES.items():
         values = [float(stats.get(key, math.nan)) for stats in per_layer]
         ax.plot(layers, values, label=label, markersize=5, linewidth=1.5, **style)
-    ax.set_yscale("log", nonpositive="mask")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("magnitude |h| (log)")
+    layer_axes(ax, "magnitude |h| (log)")
     ax.set_title(title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return fig
 
@@ -75,7 +67,7 @@ def channel_token_heatmap(h: torch.Tensor, title: str, token_labels: list[str] |
     norm = LogNorm(vmin=floor, vmax=max(peak, 10 * floor))
 
     labelled = token_labels is not None and len(token_labels) >= n_tokens and n_tokens <= 64
-    fig = _new_figure(8.0, min(9.0, max(3.5, 1.6 + 0.13 * n_tokens)) if labelled else 4.5)
+    fig = new_figure(8.0, min(9.0, max(3.5, 1.6 + 0.13 * n_tokens)) if labelled else 4.5)
     ax = fig.add_subplot()
     image = ax.imshow(np.maximum(values, floor), norm=norm, cmap="magma", aspect="auto",
                       interpolation="nearest")
@@ -98,7 +90,7 @@ def attention_maps(maps: list[tuple[str, torch.Tensor]], title: str, max_tokens:
     """Up to 8 attention probability maps (T, T) in a grid, shared 0..1 colour scale."""
     maps = list(maps)[:MAX_PANELS]
     rows, cols = _grid(len(maps))
-    fig = _new_figure(3.0 * cols + 0.8, 3.0 * rows + 0.6)
+    fig = new_figure(3.0 * cols + 0.8, 3.0 * rows + 0.6)
     fig.suptitle(title)
     axes, image = [], None
     for i, (label, probs) in enumerate(maps):
@@ -121,28 +113,19 @@ def history(history: list[dict[str, float]], keys: list[str], title: str) -> Fig
     """One panel per metric (up to 8): value vs step; log y when positive and spanning > 20x."""
     keys = list(keys)[:MAX_PANELS]
     rows, cols = _grid(len(keys))
-    fig = _new_figure(3.4 * cols + 0.4, 2.8 * rows + 0.6)
+    fig = new_figure(3.4 * cols + 0.4, 2.8 * rows + 0.6)
     fig.suptitle(title)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
         points = [(float(r["step"]), float(r[key])) for r in history
                   if r.get("step") is not None and r.get(key) is not None]
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
+        step_panel(ax, key, title_size=9)  # raw keys: longer than the report's titles
         if not points:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([]), ax.set_yticks([])
+            no_data(ax)
             continue
         steps, values = np.array(points).T
-        ax.plot(steps, values, marker="o" if len(steps) <= 50 else None, markersize=3, linewidth=1.3)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 20:
-            ax.set_yscale("log")
-            ax.set_ylabel(f"{key} (log)", fontsize=8)
-        else:
-            ax.set_ylabel(key, fontsize=8)
+        ax.plot(steps, values, linewidth=1.3, **marker_style("o", len(steps), size=3))
+        ax.set_ylabel(f"{key} (log)" if log_scale_if_wide(ax, values) else key, fontsize=8)
     if not keys:
         fig.text(0.5, 0.5, "no metrics", ha="center", va="center")
     return fig
@@ -160,9 +143,7 @@ def save_figures(figures: dict[str, Figure], out_dir, loggers=(), step: int | No
     out_dir = Path(out_dir)
     paths, warned = [], False
     for name, fig in figures.items():
-        path = out_dir / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        path = save(fig, out_dir / f"{name}.png")
         paths.append(path)
         for logger in loggers:
             try:

@@ -1,5 +1,6 @@
-"""The offline comparison report (outliers/report.py) on synthetic run directories: table,
-significance, bolding, broken runs, figures, the CLI, and the Welch/Student-t p-values."""
+"""The offline comparison report (outliers/report/) on synthetic run directories: table,
+significance, bolding, broken runs, figures, the CLI, the columns and panels taken from the
+metric declarations, and Welch's p-values."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from pathlib import Path
 import pytest
 
 from outliers import report
+from outliers.metrics import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LAYER = 4
-HEADLINE_KEYS = [key for key, _ in report.HEADLINE]
+TOP1, KURTOSIS, INF_NORM, SINK, FIRST_TOKEN = (
+    "outliers/act/top1_over_median/max", "outliers/act/avg_kurtosis", "outliers/act/max_inf_norm",
+    "outliers/attn/sink_rate", "outliers/attn/first_token_share/max")
+PANEL_KEYS = [m.key for m in report.panel_metrics()]
 LAYER_KEYS = [f"outliers/act/{stat}/layer_{l}" for stat in ("top1", "top2", "top3", "median")
               for l in range(N_LAYER)]
-CSV_KEYS = ["epoch", "step", "train/loss", "train/tokens", "val/loss", "val/ppl"] + HEADLINE_KEYS + LAYER_KEYS
+CSV_KEYS = ["epoch", "step", "train/loss", "train/tokens", "val/loss", "val/ppl"] + PANEL_KEYS + LAYER_KEYS
 
 # Per variant: final loss, top1/median, sink rate per seed. softmax converges better; clipped_softmax
 # has far smaller outliers; the sink rates are identical (no significance either way).
@@ -55,9 +60,9 @@ def write_metrics(run_dir: Path, final_loss: float, top1_over_median: float, sin
         if step in (0, 50, 99):
             scale = 0.1 + 0.9 * frac
             size = top1_over_median / 500  # the outlier-prone variant has larger everything
-            row = {"step": step, HEADLINE_KEYS[0]: 5 + top1_over_median * scale,
-                   HEADLINE_KEYS[1]: 3 + 40 * size * scale, HEADLINE_KEYS[2]: 10 + 200 * size * scale,
-                   HEADLINE_KEYS[3]: sink * scale, HEADLINE_KEYS[4]: 0.1 + 0.8 * sink * scale}
+            row = {"step": step, TOP1: 5 + top1_over_median * scale,
+                   KURTOSIS: 3 + 40 * size * scale, INF_NORM: 10 + 200 * size * scale,
+                   SINK: sink * scale, FIRST_TOKEN: 0.1 + 0.8 * sink * scale}
             for l in range(N_LAYER):
                 median = 0.5 + 0.1 * l
                 top1 = median * (5 + top1_over_median * scale * (l + 1) / N_LAYER)
@@ -285,19 +290,22 @@ def _p_by_integration(t: float, df: float, n: int = 4000) -> float:
     return 1 - 2 * total * h / 3
 
 
-def test_student_t_p_values_known():
-    assert report.t_two_sided_p(2.0, 10) == pytest.approx(0.07339, abs=1e-4)
-    assert report.t_two_sided_p(-2.0, 10) == report.t_two_sided_p(2.0, 10)
-    assert report.t_two_sided_p(2.5706, 5) == pytest.approx(0.05, abs=1e-4)  # t table, 97.5 %
-    assert report.t_two_sided_p(3.1693, 10) == pytest.approx(0.01, abs=1e-4)  # t table, 99.5 %
-    assert report.t_two_sided_p(0.0, 7) == pytest.approx(1.0)
-    for t in (0.3, 1.0, 4.0, 30.0):  # closed forms: df=1 (Cauchy) and df=2
-        assert report.t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-9)
-        assert report.t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
-    assert report.t_two_sided_p(1.96, math.inf) == pytest.approx(0.05, abs=1e-4)
-    assert report.t_two_sided_p(1.96, 1e5) == pytest.approx(0.05, abs=1e-4)
-    for t, df in ((0.5, 3.3), (2.2, 5.52), (6.0, 17.9), (1.0, 150.0)):
-        assert report.t_two_sided_p(t, df) == pytest.approx(_p_by_integration(t, df), abs=1e-9)
+def test_welch_textbook_and_closed_forms():
+    # Wikipedia, "Welch's t-test", example 1 (published: t = -2.46, df = 25.0, p = 0.021)
+    a1 = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+    a2 = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+    t, df, p = report.welch_t_test(a1, a2)
+    assert t == pytest.approx(-2.46, abs=5e-3) and df == pytest.approx(25.0, abs=0.05)
+    assert p == pytest.approx(0.021, abs=5e-4) and report.significance_mark(p) == "*"
+    assert p == pytest.approx(_p_by_integration(t, df), abs=1e-9)
+    assert report.welch_t_test(a2, a1)[2] == pytest.approx(p, rel=1e-12)
+    # one side without spread, two values each: df = 1 exactly, the Cauchy distribution
+    for shift in (0.3, 1.0, 4.0, 30.0):
+        t, df, p = report.welch_t_test([-1.0, 1.0], [shift, shift])
+        assert t == pytest.approx(-shift) and df == pytest.approx(1.0)
+        assert p == pytest.approx(1 - 2 / math.pi * math.atan(shift), rel=1e-9)
+    assert report.welch_t_test([1.0, 2.0], [1.0, 2.0])[2] == pytest.approx(1.0)
+    assert math.isnan(report.welch_t_test([1.0, math.nan], [1.0, 2.0])[2])
 
 
 def test_welch_by_hand():
@@ -327,3 +335,170 @@ def test_format_number():
     assert report.format_number(2.4e5, "tokens") == "240k"
     assert report.format_number(1.5e6, "tokens") == "1.5M"
     assert report.format_number(math.inf) == "inf"
+
+
+# ----------------------------------------------------------------------------- golden table
+
+def make_golden_sweep(root: Path) -> Path:
+    """3 variants: softmax 2 seeds (+ a crashed one), gated 3 seeds (one without a w4 ratio),
+    slot_bias 1 seed; declared protocols with and without a header, one nobody declares."""
+    sweep = root / "golden"
+    specs = [("softmax", 0, 1.0), ("softmax", 1, 1.1), ("gated", 0, 1.2), ("gated", 1, 1.25),
+             ("gated", 2, 1.3), ("slot_bias", 0, 1.5)]
+    for job, (variant, seed, loss) in enumerate(specs):
+        run_dir = sweep / f"{job}_{variant}_s{seed}"
+        write_config(run_dir, variant, seed)
+        write_metrics(run_dir, loss, 100.0 * loss, 0.5, last_step=99)
+        out = 1000.0 / loss ** 4
+        summary = {
+            "convergence/final_val_loss": loss, "convergence/final_val_ppl": math.exp(loss),
+            "convergence/val_loss_auc": 2 * loss + 0.01 * seed, "convergence/tokens_to_2": 2e5 * loss,
+            "convergence/tokens_to_1.1": 1.5e6 if loss <= 1.1 else None,
+            "convergence/tokens_to_1.4": 1e6 * loss if loss < 1.4 or variant == "slot_bias" else None,
+            TOP1: out, "outliers/down/top1_over_median/max": 2 * out + seed, KURTOSIS: out / 10,
+            INF_NORM: 123456.0 + seed, SINK: 0.0 if variant == "slot_bias" else 0.6 + 0.05 * seed,
+            FIRST_TOKEN: 0.9, "compress/fp/ppl": math.exp(loss),
+            "compress/w8a8/ppl_ratio": 1.0 + 0.001 * seed, "compress/w8_absmax/ppl_ratio": 1.00004,
+            "compress/w4_per_channel/ppl_ratio": 1.1 + loss / 10, "compress/clip_p99.9/ppl_ratio": 1.0002,
+        }
+        if (variant, seed) == ("gated", 2):
+            summary["compress/w4_per_channel/ppl_ratio"] = None
+        if variant == "softmax":
+            summary["compress/a_custom/ppl_ratio"] = 1.5 + 0.25 * seed  # undeclared: still data
+        write_summary(run_dir, summary)
+    crashed = sweep / "6_softmax_s2"
+    write_config(crashed, "softmax", 2)
+    write_metrics(crashed, 1.3, 600.0, 0.6, last_step=60)
+    return sweep
+
+
+GOLDEN = r"""
+## Results
+
+Mean ± std over the complete runs of each variant (std with ddof=1; a single run shows its value and "(n=1)"; "(k/n)": only k of the n complete runs have that value). Lower is better in every column; **bold** marks the best mean of each column. Crashed/unfinished runs are left out of the table (see the seeds column and the list below).
+
+| variant | seeds | final val loss | final ppl | tokens to val loss ≤ 1.4 | val-loss AUC | top1/median (max) | down-proj input top1/median | avg kurtosis | max inf-norm | sink rate | first-token share | W8A8 ppl ratio | W8 ppl ratio | clip_p99.9 ppl ratio | w4_per_channel ppl ratio | a_custom ppl ratio |
+|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| softmax (baseline) | 2 (+1 broken) | **1.05 ± 0.071** | **2.861 ± 0.2** | **1.05M ± 71k** | **2.105 ± 0.15** | 841.5 ± 224 | 1684 ± 448 | 84.15 ± 22 | 1.235e5 ± 0.71 | 0.625 ± 0.035 | 0.9 ± 0 | 1 ± 7.1e-4 | 1 ± 0 | 1 ± 0 | **1.205 ± 0.0071** | 1.625 ± 0.18 |
+| gated | 3 | 1.25 ± 0.05 | 3.493 ± 0.17 | 1.25M ± 50k | 2.51 ± 0.11 | 414 ± 66 | 829 ± 131 | 41.4 ± 6.6 | 1.235e5 ± 1 | 0.65 ± 0.05 | 0.9 ± 0 | 1.001 ± 0.001 | 1 ± 0 | 1 ± 0 | 1.223 ± 0.0035 (2/3) | — |
+| slot_bias | 1 | 1.5 (n=1) | 4.482 (n=1) | 1.5M (n=1) | 3 (n=1) | **197.5 (n=1)** | **395.1 (n=1)** | **19.75 (n=1)** | **1.235e5 (n=1)** | **0 (n=1)** | 0.9 (n=1) | **1 (n=1)** | 1 (n=1) | 1 (n=1) | 1.25 (n=1) | — |
+
+Significance: Welch's t-test of each variant against the baseline `softmax`, two-sided, only where both have at least 2 seeds: \* p < 0.05, \*\* p < 0.01.
+
+Tokens to val loss ≤ 1.4: the lowest loss target that every variant reached in at least one run (`convergence/tokens_to_X`).
+
+Columns: final val loss = `convergence/final_val_loss`; final ppl = `convergence/final_val_ppl`; tokens to val loss ≤ 1.4 = `convergence/tokens_to_1.4`; val-loss AUC = `convergence/val_loss_auc`; top1/median (max) = `outliers/act/top1_over_median/max`; down-proj input top1/median = `outliers/down/top1_over_median/max`; avg kurtosis = `outliers/act/avg_kurtosis`; max inf-norm = `outliers/act/max_inf_norm`; sink rate = `outliers/attn/sink_rate`; first-token share = `outliers/attn/first_token_share/max`; W8A8 ppl ratio = `compress/w8a8/ppl_ratio`; W8 ppl ratio = `compress/w8_absmax/ppl_ratio`; clip_p99.9 ppl ratio = `compress/clip_p99.9/ppl_ratio`; w4_per_channel ppl ratio = `compress/w4_per_channel/ppl_ratio`; a_custom ppl ratio = `compress/a_custom/ppl_ratio`.
+
+## Figures
+
+### Loss curves
+
+![Validation loss vs step](loss_curves.png)
+
+### Outlier metrics over training
+
+![Outlier metrics vs step](outliers_vs_step.png)
+
+### Per-layer profile
+
+![Per-layer top-1 and median |h|](layer_profile.png)
+
+## Runs
+
+| run | variant | model | seed | steps | status |
+|:---|:---|:---|---:|---:|:---|
+| `golden/0_softmax_s0` | softmax | nano | 0 | 100/100 | complete |
+| `golden/1_softmax_s1` | softmax | nano | 1 | 100/100 | complete |
+| `golden/2_gated_s0` | gated | nano | 0 | 100/100 | complete |
+| `golden/3_gated_s1` | gated | nano | 1 | 100/100 | complete |
+| `golden/4_gated_s2` | gated | nano | 2 | 100/100 | complete |
+| `golden/5_slot_bias_s0` | slot_bias | nano | 0 | 100/100 | complete |
+| `golden/6_softmax_s2` | softmax | nano | 2 | 60/100 | crashed/unfinished |
+
+"""
+
+
+def test_golden_results_and_runs(tmp_path):
+    """The exact text of report.md from the table to the run list, for a fixed sweep."""
+    sweep = make_golden_sweep(tmp_path)
+    runs = report.load_runs([sweep])
+    table = report.build_table(report.group_runs(runs, "softmax"), "softmax")
+    text = report.markdown_report(runs, table, [sweep], "softmax")
+    assert "## Results" + text.split("## Results", 1)[1].split("## Broken runs", 1)[0] == GOLDEN.lstrip("\n")
+
+
+# ----------------------------------------------------------------------------- columns and panels from declarations
+
+def _table(*summaries: dict) -> report.Table:
+    """The table of complete in-memory runs of one variant, one per summary."""
+    runs = [report.Run(path=Path(f"run{i}"), name=f"run{i}", variant="v",
+                       summary={"convergence/final_val_loss": 1.0, **summary}) for i, summary in enumerate(summaries)]
+    return report.build_table(report.group_runs(runs, "v"), "v")
+
+
+def test_declared_columns_in_section_order_and_no_header_ratio_only_with_data():
+    headers = [c.header for c in _table({"compress/w8a8/ppl_ratio": 1.0, "outliers/attn/sink_rate": 0.5,
+                                         "convergence/final_val_ppl": 2.7}).columns]
+    assert headers == ["final val loss", "final ppl", "sink rate", "W8A8 ppl ratio"]
+    # w4_per_channel is declared without a header: a column once a run has a value, not before
+    assert "compress/w4_per_channel/ppl_ratio" in {m.key for m in registry.declared("compress")}
+    keys = [c.key for c in _table({"compress/w4_per_channel/ppl_ratio": None}).columns]
+    assert keys == ["convergence/final_val_loss"]
+    column = _table({}, {"compress/w4_per_channel/ppl_ratio": 1.2}).columns[-1]
+    assert (column.key, column.header) == ("compress/w4_per_channel/ppl_ratio", "w4_per_channel ppl ratio")
+
+
+def test_undeclared_ratio_is_shown_after_the_declared_ones():
+    table = _table({"compress/a_custom/ppl_ratio": 1.5, "compress/w4_per_channel/ppl_ratio": 1.2,
+                    "compress/clip_p99.9/ppl_ratio": 1.0, "compress/prune50/ppl_ratio": 3.0})
+    assert [c.header for c in table.columns][1:] == [
+        "prune50 ppl ratio", "clip_p99.9 ppl ratio", "w4_per_channel ppl ratio", "a_custom ppl ratio"]
+    assert table.cells["v", "compress/a_custom/ppl_ratio"].values == [1.5]
+
+
+def test_a_new_declaration_is_a_column_and_a_panel(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "_METRICS", dict(registry._METRICS))  # undone after the test
+    registry.declare(registry.Metric("outliers/test/new", "a new outlier measure", column="new measure",
+                                     curve=True, panel=True))
+    headers = [c.header for c in _table({"outliers/test/new": 3.0, "compress/w8a8/ppl_ratio": 1.0}).columns]
+    assert headers == ["final val loss", "new measure", "W8A8 ppl ratio"]
+    # the panel: read from metrics.csv and drawn, titled with its declared title
+    run_dir = tmp_path / "run"
+    write_config(run_dir, "softmax", 0)
+    (run_dir / "metrics.csv").write_text("step,train/loss,outliers/test/new\n0,5,1\n9,4,2\n")
+    run = report.read_run(run_dir)
+    assert run.curves["outliers/test/new"][1].tolist() == [1.0, 2.0]
+    groups = report.group_runs([run], "softmax")
+    fig = report.make_figures(groups)["outliers_vs_step"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [m.title for m in report.panel_metrics()]
+    assert titles[-1] == "a new outlier measure" and fig.axes[len(titles) - 1].get_lines()
+
+
+def test_panels_follow_the_declarations():
+    panels = report.panel_metrics()
+    assert panels == [m for m in registry.declared() if m.panel]
+    assert [m.key for m in panels][:2] == ["outliers/act/top1_over_median/max", "outliers/down/top1_over_median/max"]
+    fig = report.make_figures([])["outliers_vs_step"]
+    assert [ax.get_title() for ax in fig.axes[:len(panels)]] == [m.title for m in panels]
+
+
+def test_an_undeclared_key_named_by_the_report_is_an_error():
+    assert report.declared_key("convergence/final_val_loss") == "convergence/final_val_loss"
+    with pytest.raises(KeyError, match="no module declares"):
+        report.declared_key("outliers/act/no_such_metric")
+
+
+def test_metrics_csv_resumed_run_later_row_wins(tmp_path):
+    run_dir = tmp_path / "resumed"
+    write_config(run_dir, "softmax", 0)
+    (run_dir / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss,lr,outliers/act/avg_kurtosis\n"
+        "0,0,5.0,,1,\n0,9,4.0,,1,\n0,9,,3.9,,7\n0,19,3.5,,1,\n"  # crashed after step 19
+        "0,9,4.1,,1,\n0,19,3.4,,1,\n0,20,,3.3,,8\n")           # resumed from step 9
+    run = report.read_run(run_dir)
+    steps, values = run.curves["train/loss"]
+    assert steps.tolist() == [0, 9, 19] and values.tolist() == [5.0, 4.1, 3.4]
+    assert run.curves["val/loss"][1].tolist() == [3.9, 3.3]
+    assert "lr" not in run.curves and run.curves["outliers/act/avg_kurtosis"][0].tolist() == [9, 20]
+    assert run.steps_done == 20
