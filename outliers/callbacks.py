@@ -17,7 +17,8 @@ import torch
 
 from errors import ConfigError
 from outliers.metrics import Metric, Probe, curve_keys, declare, emergence_defaults, run_measures
-from outliers.metrics.functions import first_token_share
+from outliers.metrics.attention import first_token_share
+from outliers.metrics.tokens import position_classes, vocabulary_classes
 from outliers.probes import ProbeResult, probe
 from outliers.summary import log_metrics, update_summary
 
@@ -35,6 +36,7 @@ class OutlierMonitor(L.Callback):
         massive_ratio: float = 1000.0,
         token_ratio: float = 1000.0,
         sink_eps: float = 0.3,
+        sink_tokens: int | None = 64,
         emergence: Mapping[str, float] | None = None,
         plot_every_n_steps: int | None = None,
         plots: bool = True,
@@ -43,7 +45,8 @@ class OutlierMonitor(L.Callback):
             raise ConfigError("callbacks.outlier_monitor: every_n_steps and probe_sequences must be positive")
         self.every_n_steps, self.probe_sequences = every_n_steps, probe_sequences
         self.thresholds = dict(massive_abs=massive_abs, massive_ratio=massive_ratio, token_ratio=token_ratio,
-                               sink_eps=sink_eps)
+                               sink_eps=sink_eps, sink_tokens=sink_tokens)
+        self.token_classes: torch.Tensor | None = None  # per vocabulary id, from the run's tokenizer
         # the declared thresholds; the config adds or changes some (null drops one)
         merged = {**emergence_defaults(), **dict(emergence or {})}
         self.emergence = {key: value for key, value in merged.items() if value is not None}
@@ -80,7 +83,11 @@ class OutlierMonitor(L.Callback):
             return  # already measured at this step (e.g. start after resume, or end)
         tokens = trainer.datamodule.probe_batch(self.probe_sequences).to(pl_module.device)
         result = probe(pl_module.model, tokens)
-        metrics = run_measures(Probe(result, pl_module.model, tokens.cpu(), **self.thresholds))
+        if self.token_classes is None:  # once per run: decode every id of the run's own tokenizer
+            dm = trainer.datamodule
+            self.token_classes = vocabulary_classes(dm.decode_token, dm.vocab_size)
+        positions = position_classes(tokens.cpu(), self.token_classes)
+        metrics = run_measures(Probe(result, pl_module.model, positions, **self.thresholds))
         log_metrics(trainer, metrics)
         self.history.append({"step": step, **{k: float(metrics[k]) for k in curve_keys()}})
         self.last = (result, tokens.cpu(), metrics)

@@ -1,7 +1,9 @@
 """Forward hooks that capture, in one no-grad eval pass over a fixed probe batch, what the
 outlier metrics need: the residual stream after each block, the input of each FFN down
-projection, and each attention layer's probe-mode extras (probabilities, null mass,
-scale or gate values, max logit). Hooks and probe flags are always removed afterwards."""
+projection, Bondarenko et al.'s set of tensors (both norm outputs of every block, the
+attention and FFN output projections, the block output, the final norm), and each
+attention layer's probe-mode extras (probabilities, null mass, values, scale or gate...).
+Hooks and probe flags are always removed afterwards."""
 
 from __future__ import annotations
 
@@ -14,9 +16,21 @@ from models.gpt import GPT
 
 @dataclass
 class ProbeResult:
-    residual: list[torch.Tensor] = field(default_factory=list)  # n_layer x (B, T, C)
+    residual: list[torch.Tensor] = field(default_factory=list)  # n_layer x (B, T, C): block outputs
     down_input: list[torch.Tensor] = field(default_factory=list)  # n_layer x (B, T, hidden)
     attention: list[dict[str, torch.Tensor]] = field(default_factory=list)  # n_layer x probe extras
+    # Bondarenko et al.'s tensor set, by module name: h.<l>.ln_1, h.<l>.attn.c_proj, h.<l>.ln_2,
+    # h.<l>.mlp.c_proj, h.<l> (the block output), ln_f
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _watched(model: GPT) -> dict[str, torch.nn.Module]:
+    out = {}
+    for layer, block in enumerate(model.transformer.h):
+        out.update({f"h.{layer}.ln_1": block.ln_1, f"h.{layer}.attn.c_proj": block.attn.c_proj,
+                    f"h.{layer}.ln_2": block.ln_2, f"h.{layer}.mlp.c_proj": block.mlp.c_proj, f"h.{layer}": block})
+    out["ln_f"] = model.transformer.ln_f
+    return out
 
 
 @torch.no_grad()
@@ -26,14 +40,21 @@ def probe(model: GPT, idx: torch.Tensor) -> ProbeResult:
     blocks = list(model.transformer.h)
     handles = []
     was_training = model.training
+
+    def keep(name):
+        def hook(module, inputs, output):
+            result.tensors[name] = output.detach()
+        return hook
+
     try:
         for block in blocks:
             block.attn.probe = True
-            handles.append(block.register_forward_hook(lambda mod, inp, out: result.residual.append(out.detach())))
             handles.append(block.mlp.c_proj.register_forward_pre_hook(
                 lambda mod, inp: result.down_input.append(inp[0].detach())))
+        handles += [module.register_forward_hook(keep(name)) for name, module in _watched(model).items()]
         model.eval()
         model(idx)
+        result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(blocks))]
         result.attention = [dict(block.attn.probe_out) for block in blocks]
     finally:
         for handle in handles:

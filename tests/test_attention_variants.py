@@ -293,6 +293,28 @@ def test_one_file_and_one_config_per_variant(name):
     assert config.name == name
 
 
+def test_ca_bias_adds_its_slot_while_attn_bias_takes_it_from_the_keys():
+    """The seed paper's (c) versus (d), with the slot key enlarged so that pi is large: ca_bias's
+    probe weights are plain softmax(s) (rows sum to 1) and pi is reported apart; attn_bias's
+    rows sum to 1 - pi."""
+    x, _ = inputs()
+    rows = {}
+    for name in ("ca_bias", "attn_bias"):
+        module = make(name)
+        push_mass_to_null(module)
+        module.probe = True
+        with torch.no_grad():
+            module(x)
+        rows[name] = module.probe_out
+    q, k, _ = ref.qkv(module, x, None)  # same seed: both modules have the same q, k
+    softmax = ref.causal_softmax(ref.logits(q, k))
+    pi = rows["attn_bias"]["slot_weight"]
+    assert pi.min() > 0.5
+    torch.testing.assert_close(rows["ca_bias"]["probs"], softmax, rtol=0, atol=1e-10)
+    torch.testing.assert_close(rows["ca_bias"]["slot_weight"], pi, rtol=0, atol=1e-10)
+    torch.testing.assert_close(rows["attn_bias"]["probs"].sum(-1), 1 - pi, rtol=0, atol=1e-10)
+
+
 # -- 7. fast path == eager --------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ def test_planted_activation_outlier_is_reported():
     """One residual channel x1000 (through a hook): top1/median rises by about that factor."""
     model = small_gpt(n_layer=3)
     idx = torch.randint(0, 64, (4, 32))
-    before = run_measures(Probe(probe(model, idx), model, idx))
+    before = run_measures(Probe(probe(model, idx), model))
     channel = 7
 
     def plant(module, inputs, output):
@@ -63,7 +63,7 @@ def test_planted_activation_outlier_is_reported():
 
     handle = model.transformer.h[1].register_forward_hook(plant)
     try:
-        after = run_measures(Probe(probe(model, idx), model, idx))
+        after = run_measures(Probe(probe(model, idx), model))
     finally:
         handle.remove()
     ratio = after["outliers/act/top1_over_median/layer_1"] / before["outliers/act/top1_over_median/layer_1"]

@@ -72,5 +72,5 @@ def test_measures_produce_every_declared_probe_key():
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
     idx = torch.randint(0, 64, (2, 16))
-    values = metrics.run_measures(metrics.Probe(probe(model, idx), model, idx))
+    values = metrics.run_measures(metrics.Probe(probe(model, idx), model))
     assert set(metrics.curve_keys()) <= set(values)

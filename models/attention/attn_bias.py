@@ -36,10 +36,13 @@ class AttnBiasAttention(CausalSelfAttention):
         e_slot = torch.exp(q @ self.k_bias.transpose(-1, -2) / math.sqrt(self.head_dim))  # (B, H, T, 1)
         return e, e_slot, e_slot + e.sum(-1, keepdim=True), v
     def attend(self, q, k, v, x, probe):
-        o, _, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias, slot_value=self.v_bias)
+        o, pi, extras = self.slot_attend(q, k, v, probe, slot_key=self.k_bias, slot_value=self.v_bias)
+        if probe:
+            extras["slot_weight"] = pi  # taken from the real keys: it is also the null mass
         return o, extras
 
     def reference(self, x, rope, **options):
         e, e_slot, denom, v = self._slot_reference(x, rope)
         p, pi = e / denom, e_slot / denom  # softmax over [s_i, q_i.k'/sqrt d]
-        return {"out": ref.finish(self, p @ v + pi * self.v_bias), "probs": p, "null_mass": pi.squeeze(-1)}
+        return {"out": ref.finish(self, p @ v + pi * self.v_bias), "probs": p, "null_mass": pi.squeeze(-1),
+                "slot_weight": pi.squeeze(-1)}

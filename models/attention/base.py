@@ -16,7 +16,8 @@ class CausalSelfAttention(nn.Module):
     Subclasses override ``attend(q, k, v, x, probe)`` and return ``(o, extras)``: o is the
     per-head output (B, H, T, d) *before* the output projection, and extras holds what the
     outlier probes need (``probs``, ``null_mass``, ``scale``, ...) when ``probe`` is True;
-    the base adds ``max_logit`` (B, H), the largest causal logit of each head.
+    the base adds ``max_logit`` (B, H), the largest causal logit of each head, and
+    ``values`` (B, H, T, d).
     Set ``module.probe = True`` to run the exact (eager) path and keep those extras in
     ``module.probe_out`` after each forward.
     """
@@ -92,6 +93,7 @@ class CausalSelfAttention(nn.Module):
         o, extras = self.attend(q, k, v, x, self.probe)
         if self.probe:
             extras["max_logit"] = kernels.naive.causal_logits(q, k).amax(dim=(-2, -1))  # (B, H)
+            extras["values"] = v  # (B, H, T, d), for the value-state drain
             self.probe_out = {name: t.detach() for name, t in extras.items()}
         y = o.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -106,7 +108,7 @@ class CausalSelfAttention(nn.Module):
     def softmax_attend(self, q, k, v, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """softmax(s) V on the fastest backend, or eager with probabilities when probing."""
         o, p = kernels.softmax_attention(q, k, v, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe)
-        return o, ({"probs": p} if probe else {})
+        return o, ({"probs": p, "null_mass": p.new_zeros(p.shape[:-1])} if probe else {})
 
     def slot_attend(self, q, k, v, probe: bool, slot_key=None, slot_bias=None, slot_value=None):
         """Softmax with one extra slot (see kernels.slot_attention). Returns (o, pi, extras);
