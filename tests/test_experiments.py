@@ -20,13 +20,17 @@ def test_gpt2_paper_recipe_matches_the_seed_paper(tmp_path):
     assert cfg.data.max_tokens is None  # the whole corpus, not the 1B-token cap of data=openwebtext
     o = cfg.optim
     assert (o.lr, o.min_lr, list(o.betas), o.weight_decay, o.warmup_steps, o.decay_steps) == (
-        6e-4, 6e-5, [0.9, 0.95], 0.1, 2000, 50_000)
+        6e-4, 6e-5, [0.9, 0.95], 0.1, 2000, 600_000)
+    assert cfg.model.bias is False  # the seed code trains without biases
     assert cfg.trainer.max_steps == 50_000 and cfg.trainer.precision == "bf16-mixed"
     assert cfg.trainer.accelerator == "gpu"
     # validation every 2000 optimizer steps, counted in micro-batches, so the last one is at 50k
     assert (cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches) % cfg.trainer.val_check_interval == 0
     model = hydra.utils.instantiate(cfg.model, vocab_size=50257)
     assert 123e6 < model.num_parameters() < 125e6
+    from models.lit_gpt import warmup_cosine  # at 50k of a 600k cosine the LR is still ~98% of its peak
+    ratio = o.min_lr / o.lr
+    assert warmup_cosine(50_000, o.warmup_steps, o.decay_steps, ratio) == pytest.approx(0.986, abs=0.001)
 
 
 @pytest.mark.slow

@@ -25,6 +25,11 @@ class HeadLinear(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_head, head_dim))
         self.bias = nn.Parameter(torch.zeros(n_head))
 
+    def reset_parameters(self) -> None:
+        """PyTorch's default init of each head's Linear(d -> 1): U(-1/sqrt d, 1/sqrt d)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # fan_in = d, as nn.Linear computes it
+        nn.init.uniform_(self.bias, -1 / math.sqrt(self.weight.shape[1]), 1 / math.sqrt(self.weight.shape[1]))
+
     def forward(self, x):  # (B, T, C) -> (B, T, H)
         return (x.view(*x.shape[:-1], *self.weight.shape) * self.weight).sum(-1) + self.bias
 
@@ -53,8 +58,10 @@ class GatedAttention(CausalSelfAttention):
         self.gate = HeadLinear(n_head, self.head_dim) if gate_input == "head" else nn.Linear(n_embd, n_head)
 
     def init_extra_parameters(self):
-        nn.init.normal_(self.gate.weight, std=0.02)
-        nn.init.constant_(self.gate.bias, math.log(self.init_gate / (1 - self.init_gate)))  # sigmoid(b) = init_gate
+        # Bondarenko et al.'s code keeps the gate Linear's PyTorch default init (the GPT's
+        # N(0, 0.02) init is undone here) and sets the bias so that sigmoid(b) = init_gate.
+        self.gate.reset_parameters()
+        nn.init.constant_(self.gate.bias, math.log(self.init_gate / (1 - self.init_gate)))
 
     def attend(self, q, k, v, x, probe):
         o, extras = self.softmax_attend(q, k, v, probe)
