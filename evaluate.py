@@ -22,25 +22,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from errors import ConfigError, exit_on_config_error
+from models.checkpoint import load_checkpoint
 from models.gpt import GPT
 from models.lit_gpt import LitGPT
-from outliers.compression import check_protocols
-from outliers.evaluation import compression_results, print_results
+from outliers.compression import check_protocols, compression_results, print_results
 
 console = Console()
 
 
 def load_model(path: str | Path, nanogpt: DictConfig | dict | None = None) -> GPT:
     """A GPT from a train.py checkpoint or a nanoGPT checkpoint / state dict (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling failure means the file is unusable
-        raise ConfigError(f"checkpoint {path} is corrupt or not a safe checkpoint: {e}") from None
-    if not isinstance(checkpoint, dict):
-        raise ConfigError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of tensors")
+    checkpoint = load_checkpoint(path, "a train.py checkpoint, or a nanoGPT checkpoint or state dict")
     if "state_dict" in checkpoint and "hyper_parameters" in checkpoint:  # train.py / Lightning
         module = LitGPT(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])

@@ -20,28 +20,29 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
+from errors import exit_on_config_error
+from models.checkpoint import load_checkpoint
 from models.csv_logger import ResumableCSVLogger
-from errors import ConfigError, exit_on_config_error
 from models.lit_gpt import NonFiniteLossError
-from outliers.compression import check_protocols
-from outliers.evaluation import compression_results, print_results
+from outliers.compression import check_protocols, compression_results, print_results
 from outliers.summary import log_metrics, update_summary
 from outliers.sweep import in_multirun, job_dirname, record_failure, sweep_group
 
 console = Console()
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def quiet_lightning() -> None:
     """Silence notices that do not apply to this project's runs."""
     # Our sampler resumes the data position itself (data/datamodule.py).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-    # metrics.csv is kept on purpose by ResumableCSVLogger; wandb/ shares the run directory.
+    # ResumableCSVLogger writes the kept rows of metrics.csv back; wandb/ shares the run directory.
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
@@ -72,6 +73,13 @@ OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
+def compose_config(output_dir: str | Path, *overrides: str) -> DictConfig:
+    """The config that `python train.py OVERRIDES` runs with, its run directory output_dir;
+    for code that calls train() itself (tests, benchmarks), from any working directory."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"paths.output_dir={output_dir}", *overrides])
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> tuple[str | None, int | None]:
     """``auto`` -> this run directory's last.ckpt if it exists; a path must exist and load.
     Returns the path and the global step it holds (None when starting fresh)."""
@@ -82,21 +90,16 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> tuple[str | No
         if not last.is_file():
             return None, None
         ckpt_path = str(last)
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}; use ckpt_path=auto, null, or an existing .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # any failure to unpickle means the file is unusable
-        raise ConfigError(f"checkpoint {path} is corrupt or not a safe Lightning checkpoint: {e}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
-        raise ConfigError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict/loops)")
-    return str(path), int(checkpoint.get("global_step", 0))
+    # mmap: only the step is read here; Lightning loads the tensors when it resumes
+    checkpoint = load_checkpoint(ckpt_path, "a train.py .ckpt file, or ckpt_path=auto or null",
+                                 required_keys=("state_dict", "loops"), mmap=True)
+    return str(Path(ckpt_path)), int(checkpoint.get("global_step", 0))
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None) -> list[Logger]:
+    """The configured loggers plus metrics.csv, which every run writes: it is kept across
+    resumption (ResumableCSVLogger) and read by the reports, so it is not a config option."""
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    loggers = [lg for lg in loggers if not isinstance(lg, CSVLogger)]  # one CSV logger, ours:
     loggers.append(ResumableCSVLogger(save_dir=output_dir, name="", version="", resume_step=resume_step))
     return loggers
 
@@ -109,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})
+    module.data_config = OmegaConf.to_container(cfg.data, resolve=True)  # saved in every checkpoint
     ckpt_path, resume_step = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg, output_dir, resume_step)

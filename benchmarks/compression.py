@@ -1,11 +1,11 @@
-"""Wall time of the five default compression protocols on a `nano` checkpoint, through
-evaluate.py's code path, on the default corpus's validation split (16 x 16 windows of 256
-tokens) with 4 calibration batches.
+"""Wall time of the default compression protocols (configs/eval/default.yaml) on a `nano`
+checkpoint, through evaluate.py's code path, on the default corpus's validation split
+(16 x 16 windows of 256 tokens) with 4 calibration batches.
 
     python benchmarks/compression.py [--ckpt PATH]   # default: /tmp/plotrun's last.ckpt if
                                                      # given, else a freshly initialised nano model
 
-Last line: compression_seconds=<seconds for the five protocols, full precision included>
+Last line: compression_seconds=<seconds for the default protocols, full precision included>
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs from any working directory
 
 import evaluate  # noqa: E402
 from models.gpt import GPT  # noqa: E402

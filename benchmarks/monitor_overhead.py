@@ -17,17 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs from any working directory
 
 import train  # noqa: E402
-from tests.helpers import compose_train  # noqa: E402
 
 
 def run_seconds(steps: int, monitors: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         extra = [] if monitors else ["callbacks.outlier_monitor=null", "callbacks.convergence_monitor=null"]
         steps_override = [f"trainer.max_steps={steps}"] if steps else []
-        cfg = compose_train(Path(tmp), "logger=csv", "eval.compression=[]", *steps_override, *extra)
+        cfg = train.compose_config(Path(tmp), "logger=csv", "eval.compression=[]", *steps_override, *extra)
         start = time.perf_counter()
         train.train(cfg)
         return time.perf_counter() - start

@@ -22,11 +22,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs from any working directory
 
 import train  # noqa: E402
 from data.datamodule import RandomWindowBatches  # noqa: E402
-from tests.helpers import compose_train  # noqa: E402
 
 STEPS = {"nano": (5, 40), "small": (3, 12)}  # (warm-up steps, timed steps)
 
@@ -46,7 +45,7 @@ class StepTimer(L.Callback):
 
 
 def config(model: str, out: Path, steps: int):
-    return compose_train(
+    return train.compose_config(
         out, f"model={model}", "logger=csv", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
         "+trainer.limit_val_batches=1", "callbacks.model_checkpoint=null",
     )
@@ -81,8 +80,8 @@ def plain_tokens_per_s(model: str, warmup: int, timed: int) -> float:
     gpt = hydra.utils.instantiate(cfg.model, vocab_size=dm.vocab_size, _convert_="all")
     decay = [p for p in gpt.parameters() if p.dim() >= 2]
     rest = [p for p in gpt.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     batches = RandomWindowBatches(dm.train_tokens, cfg.data.block_size, cfg.data.batch_size, warmup + timed, 0)
     gpt.train()
     for i in range(warmup + timed):

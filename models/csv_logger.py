@@ -11,39 +11,37 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
-class _KeepingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:  # keep the file; ResumableCSVLogger trims it
-        pass
-
-
 class ResumableCSVLogger(CSVLogger):
-    """Appends to ``metrics.csv``. Rows logged after ``resume_step`` (work that the resumed
-    run will redo) are dropped; with ``resume_step=None`` an old file is replaced."""
+    """Keeps the rows of an old ``metrics.csv`` up to ``resume_step``; the rows after it are
+    work that the resumed run redoes and logs again. With ``resume_step=None`` (a fresh
+    start) an old file is replaced."""
 
     def __init__(self, *args, resume_step: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.resume_step = resume_step
+        self._history_restored = False
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._experiment = _KeepingWriter(log_dir=self.log_dir)
-            path = Path(self._experiment.metrics_file_path)
-            if path.is_file():
-                with open(path, newline="") as f:
-                    reader = csv.DictReader(f)
-                    header = list(reader.fieldnames or [])
-                    rows = [r for r in reader if self.resume_step is not None and _step(r) <= self.resume_step]
-                if rows:
-                    with open(path, "w", newline="") as f:
-                        writer = csv.DictWriter(f, fieldnames=header)
-                        writer.writeheader()
-                        writer.writerows(rows)
-                    self._experiment.metrics_keys = header
-                else:
-                    path.unlink()
-        return self._experiment
+        if self._history_restored:
+            return super().experiment
+        # Read the old rows before Lightning's writer deletes the file, then log them again
+        # through the writer and write them out at once, so a crash before the first flush
+        # does not lose them.
+        history = self._rows_to_keep(Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE)
+        writer = super().experiment
+        for row in history:
+            writer.log_metrics(row, int(_step(row)))
+        writer.save()
+        self._history_restored = True
+        return writer
+
+    def _rows_to_keep(self, path: Path) -> list[dict[str, str]]:
+        if self.resume_step is None or not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [row for row in csv.DictReader(f) if _step(row) <= self.resume_step]
 
 
 def _step(row: dict) -> float:

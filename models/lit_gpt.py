@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 import lightning as L
 import torch
@@ -13,7 +14,30 @@ from torchmetrics import MeanMetric
 from errors import ConfigError
 from models.gpt import GPT
 
-DEFAULT_OPTIM = dict(lr=1e-3, min_lr=1e-4, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=100, decay_steps=None)
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (weight decay on matrices only) and its warmup + cosine schedule down to min_lr.
+    The keys are declared here and their values in one place, the ``optim`` block of
+    configs/train.yaml, so that a default is never written twice."""
+
+    lr: float
+    min_lr: float
+    weight_decay: float
+    betas: list[float]
+    warmup_steps: int
+    decay_steps: int | None
+
+    @classmethod
+    def from_mapping(cls, optim: Mapping) -> OptimConfig:
+        """Exactly the declared keys: a misspelt one would otherwise be ignored, a missing one fail late."""
+        valid = [f.name for f in fields(cls)]
+        unknown, missing = set(optim) - set(valid), set(valid) - set(optim)
+        if unknown:
+            raise ConfigError(f"unknown optim keys {sorted(unknown)}; valid: {', '.join(valid)}")
+        if missing:
+            raise ConfigError(f"missing optim keys {sorted(missing)}; needed: {', '.join(valid)}")
+        return cls(**{**optim, "betas": list(optim["betas"])})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,17 +57,12 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
 
 
 class LitGPT(L.LightningModule):
-    def __init__(self, model: GPT | Mapping, optim: Mapping | None = None):
+    def __init__(self, model: GPT | Mapping, optim: Mapping):
         super().__init__()
         self.model = model if isinstance(model, GPT) else GPT(**model)
-        unknown = set(optim or {}) - set(DEFAULT_OPTIM)
-        if unknown:
-            raise ConfigError(f"unknown optim keys {sorted(unknown)}; valid: {', '.join(DEFAULT_OPTIM)}")
-        optim = {**DEFAULT_OPTIM, **(optim or {})}
-        optim["betas"] = list(optim["betas"])
+        self.optim = OptimConfig.from_mapping(optim)
         # Plain containers only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(dict(model=self.model.config, optim=optim))
-        self.optim = optim
+        self.save_hyperparameters(dict(model=self.model.config, optim=asdict(self.optim)))
         self.val_loss = MeanMetric()
 
     @property
@@ -84,24 +103,31 @@ class LitGPT(L.LightningModule):
         hp = self.optim
         matrices = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         others = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": matrices, "weight_decay": hp["weight_decay"]}, {"params": others, "weight_decay": 0.0}]
+        groups = [{"params": matrices, "weight_decay": hp.weight_decay}, {"params": others, "weight_decay": 0.0}]
         fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), fused=fused)
-        decay_steps = hp["decay_steps"] or max(1, self.trainer.max_steps)
-        ratio = hp["min_lr"] / hp["lr"]
-        warmup = min(hp["warmup_steps"], decay_steps // 10)  # short smoke runs still get to train
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        decay_steps = hp.decay_steps or max(1, self.trainer.max_steps)
+        ratio = hp.min_lr / hp.lr
+        warmup = min(hp.warmup_steps, decay_steps // 10)  # short smoke runs still get to train
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup, decay_steps, ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
     # The CPU generator drives dropout; saving it makes resumed runs continue exactly.
+    # The data config a checkpoint was trained with (train.py sets it): evaluate.py and
+    # analyze.py rebuild the same tokenizer, BOS token and windows from it.
+    data_config: dict | None = None
+
     def on_save_checkpoint(self, checkpoint):
+        if self.data_config is not None:
+            checkpoint["data_config"] = self.data_config
         checkpoint["rng_cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
+        self.data_config = checkpoint.get("data_config", self.data_config)
         if "rng_cpu" in checkpoint:
             torch.set_rng_state(checkpoint["rng_cpu"])
         if "rng_cuda" in checkpoint and torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""Test-only pieces: config composition and callbacks that interrupt or corrupt a run."""
+"""Test-only pieces: a tiny run, metrics.csv reading, and callbacks that interrupt or corrupt a run."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from train import CONFIGS, compose_config  # noqa: F401  (CONFIGS: the tests compose evaluate.yaml too)
 
 
 def compose_train(output_dir: Path, *overrides: str, cache_dir: Path | None = None):
-    """The real configs, composed as `python train.py OVERRIDES` would, into output_dir."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        extra = [f"paths.output_dir={output_dir}"] + ([f"data.cache_dir={cache_dir}"] if cache_dir else [])
-        return compose(config_name="train", overrides=extra + list(overrides))
+    """The real configs, composed as `python train.py OVERRIDES` would, into output_dir;
+    cache_dir keeps the tokenized corpus of every test in one place."""
+    return compose_config(output_dir, *([f"data.cache_dir={cache_dir}"] if cache_dir else []), *overrides)
 
 
 # A tiny model and run that train in seconds on 2 cores.

@@ -1,4 +1,4 @@
-"""Compression protocols (outliers/compression.py): quantizers against their definitions,
+"""Compression protocols (outliers/compression/): quantizers against their definitions,
 pruning counts, exactness of the shift-and-scale transform, the untouched original, and the
 whole phenomenon in one planted-outlier test (one huge norm channel breaks W8A8;
 shift-and-scale repairs it)."""
@@ -16,6 +16,8 @@ from models.attention.registry import registered_names
 from errors import ConfigError
 from models.gpt import GPT
 from outliers import compression as cp
+from outliers.metrics.registry import declared
+from tests.helpers import compose_train
 
 V, T, B = 64, 32, 16
 
@@ -112,6 +114,24 @@ def test_quantizer_edges_zero_slice_and_clipping():
     clipped = cp.quantize_asymmetric(torch.tensor([-10.0, 0.0, 10.0]), 8, lo=-1.0, hi=1.0)
     assert clipped[0].item() == pytest.approx(-1.0, abs=1e-2) and clipped[2].item() == pytest.approx(1.0, abs=1e-2)
     assert cp.quantize_symmetric(torch.randn(1000), 4).unique().numel() <= 15  # -7..7
+
+
+def test_quantizers_round_half_to_even_keep_nan_and_handle_a_range_without_zero():
+    halves = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 127.0])  # scale 1: max 127, 8 bits
+    assert cp.quantize_symmetric(halves, 8).tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 127.0]
+    assert torch.equal(cp.quantize_asymmetric(halves[:3], 8, lo=0.0, hi=255.0), torch.tensor([0.0, 2.0, 2.0]))
+    x = torch.tensor([1.0, float("nan"), -1.0])
+    assert cp.quantize_symmetric(x, 8).isnan().tolist() == [False, True, False]
+    assert cp.quantize_asymmetric(x, 8, -1.0, 1.0).isnan().tolist() == [False, True, False]
+    x = torch.randn(1000) * 3  # a range without 0: the zero point lies off the grid
+    for lo, hi in ((0.5, 2.0), (-2.0, -0.25)):
+        scale = (hi - lo) / 255
+        zero_point = round(-lo / scale)
+        expected = ((x / scale).round() + zero_point).clamp(0, 255).sub(zero_point) * scale
+        assert torch.equal(cp.quantize_asymmetric(x, 8, lo, hi), expected)
+    assert torch.equal(cp.quantize_asymmetric(x, 8, 1.0, 1.0), torch.ones(1000))  # degenerate: everything to lo
+    for dtype in (torch.bfloat16, torch.float16):
+        assert cp.quantize_symmetric(x.to(dtype), 4).dtype == dtype == cp.quantize_asymmetric(x.to(dtype), 8, -1, 1).dtype
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,19 +285,35 @@ def test_smooth_shift_scale_centres_and_balances_the_norm_output(trained, calib)
     assert torch.allclose(act, smoothed.transformer.h[1].mlp.c_fc.weight.abs().amax(0), rtol=1e-3)
 
 
+def test_smoothing_fails_loudly_on_an_undeclared_reader_of_the_block_input(monkeypatch):
+    from models.attention.explicit_scale import ExplicitScaleAttention
+
+    model = small_gpt(attention={"name": "explicit_scale"})
+    monkeypatch.setattr(ExplicitScaleAttention, "block_input_readers", lambda self: [self.c_attn])  # forgets one
+    with pytest.raises(RuntimeError, match=r"transformer\.h\.0\.attn\.context_scale\.0 .*block_input_readers"):
+        cp.smooth_shift_scale(model, [torch.randint(0, V, (2, T))])
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
 # ---------------------------------------------------------------------------------------
 # 7. the evaluation entry point, and the activation hooks
 # ---------------------------------------------------------------------------------------
 
-def test_evaluate_protocols_reports_every_default_protocol(trained, val, calib):
-    results = cp.evaluate_protocols(trained, cp.DEFAULT_PROTOCOLS, val, calib)
+def default_protocols(tmp_path) -> list[str]:
+    """The default protocol list, as train.py and evaluate.py compose it (configs/eval/default.yaml)."""
+    return list(compose_train(tmp_path).eval.compression)
+
+
+def test_evaluate_protocols_reports_every_default_protocol(trained, val, calib, tmp_path):
+    defaults = default_protocols(tmp_path)
+    results = cp.evaluate_protocols(trained, defaults, val, calib)
     fp = results["compress/fp/ppl"]
     assert fp == pytest.approx(cp.perplexity(trained, val)) and 1 < fp < 10
     assert fp == pytest.approx(math.exp(sum(trained.loss(x, y).item() for x, y in val) / len(val)), rel=1e-5)
-    expected = {"compress/fp/ppl"} | {f"compress/{n}/{k}" for n in cp.DEFAULT_PROTOCOLS for k in ("ppl", "ppl_ratio")}
+    expected = {"compress/fp/ppl"} | {f"compress/{n}/{k}" for n in defaults for k in ("ppl", "ppl_ratio")}
     assert set(results) == expected
     assert all(math.isfinite(v) and v > 0 for v in results.values())
-    for name in cp.DEFAULT_PROTOCOLS:
+    for name in defaults:
         assert results[f"compress/{name}/ppl_ratio"] == pytest.approx(results[f"compress/{name}/ppl"] / fp, rel=1e-12)
 
 
@@ -316,3 +352,32 @@ def test_clip_uses_the_exact_percentile_of_each_linear_input():
         p0 = bounds["0"]
         expected = model[2](model[1](model[0](x.clamp(-p0, p0))).clamp(-bounds["2"], bounds["2"]))
         assert torch.allclose(clipped(x), expected)
+
+
+def test_protocols_declare_their_report_metric():
+    declarations = {m.key: m.column for m in declared("compress")}
+    assert {f"compress/{name}/ppl_ratio" for name in cp.PROTOCOLS} <= set(declarations)
+    assert declarations["compress/w8a8/ppl_ratio"] == "W8A8 ppl ratio"
+    assert declarations["compress/w8_absmax/ppl_ratio"] == "W8 ppl ratio"
+    assert declarations["compress/prune50/ppl_ratio"] == "prune50 ppl ratio"
+    assert all(declarations[f"compress/{name}/ppl_ratio"] is None for name in ("w4_per_channel", "clip_p99.9", "smooth_w8a8"))
+
+
+def test_a_new_protocol_is_one_decorated_function(trained, val, calib, monkeypatch):
+    from outliers.metrics import registry
+
+    monkeypatch.setattr(registry, "_METRICS", dict(registry._METRICS))  # the declarations stay in this test
+    registered = dict(cp.PROTOCOLS)
+    try:
+        @cp.protocol("w6_absmax", column="W6 ppl ratio")
+        def w6_absmax(model, calib_batches, *, keep_head_fp=True):
+            return cp.quantize_weights(model, 6)
+
+        assert cp.check_protocols(["w6_absmax"]) == ["w6_absmax"]
+        results = cp.evaluate_protocols(trained, ["w6_absmax"], val, calib)
+        assert results["compress/w6_absmax/ppl"] == cp.perplexity(cp.quantize_weights(trained, 6), val)
+        assert {m.key: m.column for m in declared("compress")}["compress/w6_absmax/ppl_ratio"] == "W6 ppl ratio"
+    finally:
+        cp.PROTOCOLS.clear()
+        cp.PROTOCOLS.update(registered)
+    assert "w6_absmax" not in cp.PROTOCOLS

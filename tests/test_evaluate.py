@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 import evaluate
 import train
+from errors import ConfigError
 from models.gpt import GPT
 from tests.helpers import CONFIGS, TINY, compose_train, read_metric
 
@@ -85,6 +86,6 @@ def test_evaluate_py_errors_are_clear(tmp_path, args, message):
 
 
 def test_unknown_protocol_fails_before_training(tmp_path):
-    with pytest.raises(train.ConfigError, match="unknown compression protocol"):
+    with pytest.raises(ConfigError, match="unknown compression protocol"):
         train.train(compose_train(tmp_path, *TINY, "eval.compression=[w8a8,int3]"))
     assert not (tmp_path / "checkpoints").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+from errors import ConfigError
 from models.lit_gpt import LitGPT, NonFiniteLossError
 from tests.helpers import TINY, compose_train, read_metric
 
@@ -109,7 +110,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_glob, ca
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(train.ConfigError, match="corrupt"):
+    with pytest.raises(ConfigError, match="corrupt"):
         train.resolve_ckpt_path(str(bad), tmp_path)
     assert train.resolve_ckpt_path("auto", tmp_path) == (None, None)
 

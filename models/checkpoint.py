@@ -1,0 +1,73 @@
+"""Loading a checkpoint file that the user named: only tensors and plain containers are
+unpickled (``weights_only=True``), and every way the file can be unusable is a one-line
+ConfigError that names the path and what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from errors import ConfigError
+from models.gpt import GPT
+
+
+def load_checkpoint(path: str | Path, expected: str, required_keys: Iterable[str] = (), mmap: bool = False) -> dict:
+    """The dict in ``path``. ``expected`` describes the accepted files for the messages
+    ("a train.py checkpoint"); ``required_keys`` must all be in the dict; ``mmap`` maps the
+    tensors instead of reading them (for a quick look at a large file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}; expected {expected}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # any failure to unpickle means the file is unusable
+        raise ConfigError(f"checkpoint {path} is corrupt or not a safe checkpoint ({_one_line(e)}); "
+                          f"expected {expected}") from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a dict; expected {expected}")
+    missing = [key for key in required_keys if key not in checkpoint]
+    if missing:
+        raise ConfigError(f"checkpoint {path} has no {'/'.join(missing)}; expected {expected}")
+    return checkpoint
+
+
+def _one_line(error: Exception) -> str:
+    """torch's reason without the paragraphs of advice that its weights_only errors wrap it in."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())
+
+
+def load_model(path: str | Path, nanogpt: Mapping | None = None) -> tuple[GPT, dict | None]:
+    """A GPT from a train.py checkpoint, or from a nanoGPT checkpoint / state dict (the seed
+    paper's format; ``nanogpt`` gives its attention variant and, without model_args, n_head),
+    and the data config the checkpoint was trained with (None when it carries none)."""
+    from models.lit_gpt import LitGPT  # lightning, only when a checkpoint is loaded
+
+    checkpoint = load_checkpoint(path, "a train.py checkpoint, or a nanoGPT checkpoint or state dict")
+    if "state_dict" in checkpoint and "hyper_parameters" in checkpoint:  # train.py / Lightning
+        module = LitGPT(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.model, checkpoint.get("data_config")
+    nanogpt = dict(nanogpt or {})
+    state_dict = checkpoint.get("model", checkpoint)
+    n_head = (checkpoint.get("model_args") or {}).get("n_head") or nanogpt.get("n_head")
+    if not n_head:
+        raise ConfigError(f"{path} looks like a nanoGPT state dict without model_args: set nanogpt.n_head")
+    return GPT.from_nanogpt(state_dict, n_head=int(n_head), attention=nanogpt.get("attention", "softmax")), None
+
+
+def data_config(saved: Mapping | None, given: Mapping | None) -> dict | None:
+    """The data config to evaluate a checkpoint with: ``given`` when it is a whole config
+    (the user chose ``data=NAME``), else the checkpoint's own (``saved``) with the keys of
+    ``given`` merged over it (``+data.KEY=VALUE``); None when neither says (a nanoGPT
+    checkpoint carries no data config). Both are plain, resolved containers."""
+    from omegaconf import OmegaConf
+
+    given = dict(given or {})
+    if "_target_" in given or saved is None:
+        return given if "_target_" in given else None
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(saved)), given), resolve=True)
