@@ -16,10 +16,9 @@ import lightning as L
 import torch
 
 from errors import ConfigError
-from outliers.metrics import Metric, Probe, curve_keys, declare, emergence_defaults, run_measures
-from outliers.metrics.attention import first_token_share
-from outliers.metrics.tokens import position_classes, vocabulary_classes
-from outliers.probes import ProbeResult, probe
+from outliers.metrics import Metric, curve_keys, declare, emergence_defaults
+from outliers.metrics.tokens import vocabulary_classes
+from outliers.probes import ProbeResult, measure_model
 from outliers.summary import log_metrics, update_summary
 
 class OutlierMonitor(L.Callback):
@@ -82,12 +81,10 @@ class OutlierMonitor(L.Callback):
         if self.history and self.history[-1]["step"] == step:
             return  # already measured at this step (e.g. start after resume, or end)
         tokens = trainer.datamodule.probe_batch(self.probe_sequences).to(pl_module.device)
-        result = probe(pl_module.model, tokens)
         if self.token_classes is None:  # once per run: decode every id of the run's own tokenizer
             dm = trainer.datamodule
             self.token_classes = vocabulary_classes(dm.decode_token, dm.vocab_size)
-        positions = position_classes(tokens.cpu(), self.token_classes)
-        metrics = run_measures(Probe(result, pl_module.model, positions, **self.thresholds))
+        result, metrics = measure_model(pl_module.model, tokens, self.token_classes, **self.thresholds)
         log_metrics(trainer, metrics)
         self.history.append({"step": step, **{k: float(metrics[k]) for k in curve_keys()}})
         self.last = (result, tokens.cpu(), metrics)
@@ -100,23 +97,10 @@ class OutlierMonitor(L.Callback):
         from outliers import plots
 
         result, tokens, metrics = self.last
-        step, layer = trainer.global_step, int(metrics["outliers/act/top_channel_layer"])
-        per_layer = [{k: metrics[f"outliers/act/{k}/layer_{l}"] for k in ("top1", "top2", "top3", "median")}
-                     for l in range(len(result.residual))]
         labels = [trainer.datamodule.decode_token(int(t)) for t in tokens[0]]
-        heads = sorted(
-            ((layer_i, h, float(share)) for layer_i, extras in enumerate(result.attention)
-             for h, share in enumerate(first_token_share(extras["probs"]))), key=lambda x: -x[2])[:4]
-        maps = [(f"layer {l} head {h} (first-token share {share:.2f})", result.attention[l]["probs"][0, h])
-                for l, h, share in heads]
-        figures = {
-            "layer_profile": plots.layer_profile(per_layer, f"Residual |h| per layer, step {step}"),
-            "channel_heatmap": plots.channel_token_heatmap(
-                result.residual[layer][0], f"|h| of layer {layer} (largest top1/median), step {step}", labels),
-            "attention_maps": plots.attention_maps(maps, f"Heads with the highest first-token share, step {step}"),
-            "outliers_over_steps": plots.history(self.history, curve_keys(), "Outlier metrics over training"),
-        }
-        plots.save_figures(figures, Path(trainer.default_root_dir) / "plots", trainer.loggers, step)
+        figures = plots.probe_figures(result, metrics, labels, trainer.global_step)
+        figures["outliers_over_steps"] = plots.history(self.history, curve_keys(), "Outlier metrics over training")
+        plots.save_figures(figures, Path(trainer.default_root_dir) / "plots", trainer.loggers, trainer.global_step)
 
     # -- resume -------------------------------------------------------------------------
 

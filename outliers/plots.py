@@ -18,6 +18,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from outliers.metrics.attention import first_token_share
 from outliers.figure_style import layer_axes, log_scale_if_wide, marker_style, new_figure, no_data, save, step_panel
 
 MAX_PANELS = 8
@@ -157,3 +158,25 @@ def save_figures(figures: dict[str, Figure], out_dir, loggers=(), step: int | No
                                   f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
                     warned = True
     return paths
+
+
+def probe_figures(result, metrics: dict[str, float], labels: list[str], step: int | None = None) -> dict[str, Figure]:
+    """The figures of one probe: the per-layer |h| profile, |h| by channel and token of the layer
+    with the largest top1/median, and the four heads with the highest first-token share.
+    ``result`` is an outliers.probes.ProbeResult, ``metrics`` its measures, ``labels`` the
+    decoded tokens of its first sequence."""
+    where = "" if step is None else f", step {step}"
+    layer = int(metrics["outliers/act/top_channel_layer"])
+    per_layer = [{k: metrics[f"outliers/act/{k}/layer_{l}"] for k in ("top1", "top2", "top3", "median")}
+                 for l in range(len(result.residual))]
+    shares = [(l, h, share) for l, extras in enumerate(result.attention)
+              for h, share in enumerate(first_token_share(extras["probs"]).tolist())]
+    heads = sorted(shares, key=lambda x: -x[2])[:4]
+    maps = [(f"layer {l} head {h} (first-token share {share:.2f})", result.attention[l]["probs"][0, h])
+            for l, h, share in heads]
+    return {
+        "layer_profile": layer_profile(per_layer, f"Residual |h| per layer{where}"),
+        "channel_heatmap": channel_token_heatmap(
+            result.residual[layer][0], f"|h| of layer {layer} (largest top1/median){where}", labels),
+        "attention_maps": attention_maps(maps, f"Heads with the highest first-token share{where}"),
+    }

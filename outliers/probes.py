@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from models.gpt import GPT
+from outliers.metrics import Probe, run_measures
+from outliers.metrics.tokens import position_classes
 
 
 @dataclass
@@ -64,3 +66,13 @@ def probe(model: GPT, idx: torch.Tensor) -> ProbeResult:
             block.attn.probe_out = {}
         model.train(was_training)
     return result
+
+
+def measure_model(model: GPT, idx: torch.Tensor, token_classes: torch.Tensor | None = None,
+                  **thresholds) -> tuple[ProbeResult, dict[str, float]]:
+    """One probe of ``model`` on ``idx`` and every declared measure of it: what the
+    OutlierMonitor logs at each probe and what analyze.py reports, by the same code.
+    ``token_classes``: the class of each vocabulary id (``metrics.tokens.vocabulary_classes``)."""
+    result = probe(model, idx)
+    positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
+    return result, run_measures(Probe(result, model, positions, **thresholds))
