@@ -4,8 +4,9 @@
     python evaluate.py ckpt=gpt2-explicit-scale/ckpt.pt nanogpt.attention=explicit_scale data=openwebtext
     python evaluate.py ckpt=PATH 'eval.compression=[w8a8,smooth_w8a8]'
 
-Lightning checkpoints of train.py rebuild their own model; nanoGPT checkpoints (the seed
-paper's format) go through GPT.from_nanogpt. Results: a table, and summary.json in the
+Lightning checkpoints of train.py rebuild their own model and are evaluated on the data
+they were trained with (tokenizer, BOS token, windows) unless data=NAME says otherwise;
+nanoGPT checkpoints (the seed paper's format) go through GPT.from_nanogpt and need data=NAME. Results: a table, and summary.json in the
 run directory.
 """
 
@@ -17,39 +18,38 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markup import escape
 
 from errors import ConfigError, exit_on_config_error
-from models.checkpoint import load_checkpoint
-from models.gpt import GPT
-from models.lit_gpt import LitGPT
+from models.checkpoint import data_config, load_model
 from outliers.compression import check_protocols, compression_results, print_results
 
 console = Console()
 
 
-def load_model(path: str | Path, nanogpt: DictConfig | dict | None = None) -> GPT:
-    """A GPT from a train.py checkpoint or a nanoGPT checkpoint / state dict (weights_only)."""
-    checkpoint = load_checkpoint(path, "a train.py checkpoint, or a nanoGPT checkpoint or state dict")
-    if "state_dict" in checkpoint and "hyper_parameters" in checkpoint:  # train.py / Lightning
-        module = LitGPT(**checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"])
-        return module.model
-    nanogpt = dict(nanogpt or {})
-    state_dict = checkpoint.get("model", checkpoint)
-    n_head = (checkpoint.get("model_args") or {}).get("n_head") or nanogpt.get("n_head")
-    if not n_head:
-        raise ConfigError(f"{path} looks like a nanoGPT state dict without model_args: set nanogpt.n_head")
-    return GPT.from_nanogpt(state_dict, n_head=int(n_head), attention=nanogpt.get("attention", "softmax"))
+def checkpoint_data(cfg: DictConfig, saved: dict | None, block_size: int) -> dict:
+    """The checkpoint's data config, or the one chosen with data=NAME / changed with
+    +data.KEY=VALUE, with the model's block size; a ConfigError when there is none."""
+    given = None
+    if cfg.get("data") is not None:
+        with open_dict(cfg):
+            cfg.data.block_size = block_size
+        given = OmegaConf.to_container(cfg.data, resolve=True)
+    chosen = data_config(saved, given)
+    if chosen is None:
+        raise ConfigError(f"{cfg.ckpt} carries no data config (a nanoGPT checkpoint): choose one with data=NAME, "
+                          "e.g. data=openwebtext or data=stdlib")
+    return {**chosen, "block_size": block_size}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_protocols(cfg.eval.compression)
     L.seed_everything(cfg.seed)
-    model = load_model(cfg.ckpt, cfg.get("nanogpt")).eval()
-    datamodule = hydra.utils.instantiate(cfg.data, block_size=model.block_size)
+    model, saved = load_model(cfg.ckpt, cfg.get("nanogpt"))
+    model.eval()
+    datamodule = hydra.utils.instantiate(checkpoint_data(cfg, saved, model.block_size))
     if datamodule.vocab_size > model.config["vocab_size"]:
         raise ConfigError(f"data.tokenizer={datamodule.tokenizer.name} has {datamodule.vocab_size} tokens; "
                           f"the model only {model.config['vocab_size']}")

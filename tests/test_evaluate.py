@@ -46,15 +46,42 @@ def test_training_ends_with_every_default_protocol(trained_run):
     assert summary["compress/prune50/ppl_ratio"] > 1.0  # pruning half the weights costs something
 
 
-def test_evaluate_py_on_a_training_checkpoint(trained_run, tmp_path, corpus_glob, cache_dir):
-    cfg = compose_eval(tmp_path, f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "data=text_files",
-                       f"data.corpus.paths=[{corpus_glob}]", "data.val_every=10", "data.batch_size=4",
-                       "data.val_batches=2", f"data.cache_dir={cache_dir}")
+def test_evaluate_py_on_a_training_checkpoint(trained_run, tmp_path):
+    """No data given: the checkpoint's own data config (corpus, windows) is used."""
+    cfg = compose_eval(tmp_path, f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}")
     results = evaluate.evaluate(cfg)
     summary = json.loads((trained_run / "summary.json").read_text())
     for name in PROTOCOLS:  # the same model, data and calibration as at the end of training
         assert results[f"compress/{name}/ppl"] == pytest.approx(summary[f"compress/{name}/ppl"], rel=1e-5)
     assert json.loads((tmp_path / "summary.json").read_text())["compress/w8a8/ppl"] == results["compress/w8a8/ppl"]
+
+
+@pytest.mark.slow
+def test_a_bos_checkpoint_is_evaluated_with_its_bos(tmp_path, corpus_glob, cache_dir):
+    """A checkpoint trained with data.bos=true carries that: evaluate.py uses BOS windows unless
+    told otherwise (+data.bos=false gives other windows, so another perplexity)."""
+    run = tmp_path / "run"
+    cfg = compose_train(run, *TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]", "data.bos=true",
+                        "trainer.max_steps=20", "trainer.val_check_interval=20", "eval.compression=[w8_absmax]",
+                        cache_dir=cache_dir)
+    train.train(cfg)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["data_config"]["bos"] is True
+    trained = json.loads((run / "summary.json").read_text())["compress/fp/ppl"]
+    same = evaluate.evaluate(compose_eval(tmp_path / "a", f"ckpt={ckpt}", "eval.compression=[w8_absmax]"))
+    assert same["compress/fp/ppl"] == pytest.approx(trained, rel=1e-5)
+    other = evaluate.evaluate(compose_eval(tmp_path / "b", f"ckpt={ckpt}", "+data.bos=false",
+                                           "eval.compression=[w8_absmax]"))
+    assert abs(other["compress/fp/ppl"] / trained - 1) > 1e-3
+
+
+def test_a_nanogpt_checkpoint_needs_a_data_choice(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": {"n_head": 2}}, path)
+    with pytest.raises(ConfigError, match="carries no data config.*data=NAME"):
+        evaluate.evaluate(compose_eval(tmp_path, f"ckpt={path}"))
 
 
 def test_evaluate_py_on_a_nanogpt_checkpoint(tmp_path, corpus_glob, cache_dir):
