@@ -1,0 +1,94 @@
+"""analyze.py: the monitor's metrics on any checkpoint, by the monitor's own code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import analyze
+import train
+from models.gpt import GPT
+from tests.helpers import CONFIGS, TINY, compose_train, read_metric
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = ("outliers/attn/sink_rate", "outliers/act/avg_kurtosis", "outliers/act/max_inf_norm",
+            "outliers/weight/down_proj_col_ratio/max", "outliers/attn/first_token_share/max",
+            "outliers/act/top1_over_median/max", "outliers/attn/outlier_keys/initial", "outliers/act/top1/layer_1")
+
+
+def compose_analyze(out, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="analyze", overrides=[f"paths.output_dir={out}", *overrides])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bos", [False, True], ids=["nobos", "bos"])
+def test_analyze_a_checkpoint_gives_the_monitors_last_probe(tmp_path, corpus_glob, cache_dir, bos):
+    run = tmp_path / "run"
+    cfg = compose_train(run, *TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]", f"data.bos={bos}",
+                        "trainer.max_steps=20", "trainer.val_check_interval=20", "eval.compression=[]",
+                        "callbacks.outlier_monitor.probe_sequences=4", cache_dir=cache_dir)
+    train.train(cfg)
+    values = analyze.analyze(compose_analyze(tmp_path / "analysis", f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+                                             "windows=4"))
+    written = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert written["windows"] == 4 and written["window"] == 32
+    for key in HEADLINE:
+        logged = read_metric(run, key)[20]  # the monitor's probe at the end of training
+        assert values[key] == pytest.approx(logged, rel=1e-5, abs=1e-7), key
+        assert written[key] == pytest.approx(values[key])
+    assert (tmp_path / "analysis" / "plots" / "attention_maps.png").stat().st_size > 5000
+
+
+def nanogpt_checkpoint(tmp_path, vocab_size=256):
+    torch.manual_seed(0)
+    model = GPT(vocab_size=vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32, attention={"name": "ca_bias"})
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": {"n_head": 2}}, path)
+    return model, path
+
+
+def test_analyze_a_nanogpt_checkpoint_on_a_text(tmp_path):
+    model, path = nanogpt_checkpoint(tmp_path)
+    text = tmp_path / "text.txt"
+    text.write_text("Summer is warm. Winter is cold.\n" * 10)
+    values = analyze.analyze(compose_analyze(tmp_path / "out", f"ckpt={path}", f"text={text}",
+                                             "nanogpt.attention=ca_bias", "windows=3"))
+    ids = torch.tensor(list(text.read_bytes()[:48])).view(3, 16)  # 3 consecutive windows of the block size
+    from outliers.metrics.tokens import vocabulary_classes
+    from outliers.probes import measure_model
+
+    _, want = measure_model(model.eval(), ids, vocabulary_classes(lambda i: bytes([i]).decode("latin-1"), 256))
+    assert values["outliers/act/avg_kurtosis"] == pytest.approx(want["outliers/act/avg_kurtosis"], rel=1e-6)
+    shares = [values[f"outliers/act/top_channel_{name}_share"] for name in ("initial", "strong", "weak", "other")]
+    assert sum(shares) == pytest.approx(1.0)  # every position got a class from the byte tokenizer
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "checkpoint not found"),
+    ("foreign", "corrupt or not a safe checkpoint"),
+    ("short", "fewer than one window"),
+    ("vocab", "vocabulary mismatch"),
+    ("notext", "give text=FILE"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, case, message):
+    _, path = nanogpt_checkpoint(tmp_path, vocab_size=64 if case == "vocab" else 256)
+    text = tmp_path / "text.txt"
+    text.write_text("short" if case == "short" else "long enough text " * 20)
+    args = {"missing": [f"ckpt={tmp_path / 'none.ckpt'}", f"text={text}"],
+            "foreign": [f"ckpt={ROOT / 'README.md'}", f"text={text}"],
+            "short": [f"ckpt={path}", f"text={text}"],
+            "vocab": [f"ckpt={path}", f"text={text}"],
+            "notext": [f"ckpt={path}"]}[case]
+    result = subprocess.run([sys.executable, "analyze.py", *args, "nanogpt.attention=ca_bias",
+                             f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ))
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and message in out and "Traceback" not in out, out
