@@ -27,10 +27,10 @@ from rich.table import Table
 from data.tokenizers import build_tokenizer
 from errors import ConfigError, exit_on_config_error
 from models.checkpoint import load_model
-from outliers import plots
+from outliers.monitor import plots
 from outliers.metrics import declared
 from outliers.metrics.tokens import vocabulary_classes
-from outliers.probes import measure_model
+from outliers.monitor.probes import measure_model
 
 console = Console()
 THRESHOLDS = ("massive_abs", "massive_ratio", "token_ratio", "sink_eps", "sink_tokens")

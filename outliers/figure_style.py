@@ -1,4 +1,4 @@
-"""One figure style for the OutlierMonitor's plots (``outliers.plots``) and the offline
+"""One figure style for the OutlierMonitor's plots (``outliers.monitor.plots``) and the offline
 report's figures (``outliers.report.figures``), so that the two sets look alike and each
 styling decision is made once.
 

@@ -11,9 +11,9 @@ import torch
 
 import train
 from models.gpt import GPT
-from outliers.callbacks import ConvergenceMonitor
+from outliers.monitor import ConvergenceMonitor
 from outliers.metrics import Probe, run_measures
-from outliers.probes import probe
+from outliers.monitor.probes import probe
 from tests.helpers import TINY, compose_train, read_metric
 
 

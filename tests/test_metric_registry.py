@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from outliers import metrics
-from outliers.callbacks import OutlierMonitor
+from outliers.monitor import OutlierMonitor
 from outliers.metrics import registry
 from outliers.metrics.registry import Metric
 
@@ -67,7 +67,7 @@ def test_unknown_key_lists_the_declared_ones():
 
 def test_measures_produce_every_declared_probe_key():
     from models.gpt import GPT
-    from outliers.probes import probe
+    from outliers.monitor.probes import probe
 
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)

@@ -25,7 +25,7 @@ TENSOR_EXTRAS = {"probs", "null_mass", "max_logit", "values"}
 @dataclass
 class Probe:
     """One probe pass and what the measures need besides it."""
-    result: object                        # outliers.probes.ProbeResult
+    result: object                        # outliers.monitor.probes.ProbeResult
     model: torch.nn.Module
     positions: torch.Tensor | None = None  # (B, T) position classes (metrics.tokens), None: unknown
     massive_abs: float = 100.0

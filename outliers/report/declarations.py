@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-import outliers.callbacks  # noqa: F401  (declares the convergence metrics)
+import outliers.monitor  # noqa: F401  (declares the convergence metrics)
 import outliers.compression  # noqa: F401  (declares the compression protocols' ppl ratios)
 import outliers.metrics  # noqa: F401  (declares the probe measures)
 from outliers.metrics.registry import Metric, declared, get

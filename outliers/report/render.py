@@ -12,7 +12,7 @@ from outliers.metrics.registry import SECTIONS
 from outliers.report.figures import FIGURES
 from outliers.report.load import Run
 from outliers.report.stats import significance_mark
-from outliers.report.table import Cell, Column, Group, Table
+from outliers.report.table import Cell, Column, Table
 
 SECTION_TITLES = {"compress": "compression"}  # the others are titled by their own name
 
