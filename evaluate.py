@@ -3,6 +3,7 @@
     python evaluate.py ckpt=outputs/runs/<date>/<run>/checkpoints/last.ckpt
     python evaluate.py ckpt=gpt2-explicit-scale/ckpt.pt nanogpt.attention=explicit_scale data=openwebtext
     python evaluate.py ckpt=PATH 'eval.compression=[w8a8,smooth_w8a8]'
+    python evaluate.py ckpt=RUN/checkpoints/last.ckpt paths.output_dir=RUN   # add the results to RUN's summary
 
 Lightning checkpoints of train.py rebuild their own model and are evaluated on the data
 they were trained with (tokenizer, BOS token, windows) unless data=NAME says otherwise;
@@ -12,7 +13,6 @@ run directory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
@@ -25,6 +25,7 @@ from rich.markup import escape
 from errors import ConfigError, exit_on_config_error
 from models.checkpoint import data_config, load_model
 from outliers.compression import check_protocols, compression_results, print_results
+from outliers.summary import merge_summary
 
 console = Console()
 
@@ -60,7 +61,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     results = compression_results(model, datamodule, cfg.eval)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({"ckpt": str(cfg.ckpt), **results}, indent=2, sort_keys=True))
+    # merged, not overwritten: with paths.output_dir=<run dir> the results join that run's summary
+    merge_summary(out / "summary.json", {"compress/ckpt": str(cfg.ckpt), **results})
     print_results(results, console)
     console.print(f"[bold]Results:[/] {escape(str(out / 'summary.json'))}")
     return results

@@ -15,17 +15,21 @@ def summary_path(trainer) -> Path:
     return Path(trainer.default_root_dir) / "summary.json"
 
 
-def update_summary(trainer, values: dict[str, float | int | None]) -> None:
-    """Merge ``values`` into summary.json (atomically) and into wandb's run summary."""
-    if not trainer.is_global_zero or not values:
-        return
-    path = summary_path(trainer)
+def merge_summary(path: Path, values: dict) -> None:
+    """Merge ``values`` into the JSON file at path (created if missing), atomically."""
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary.update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def update_summary(trainer, values: dict[str, float | int | None]) -> None:
+    """Merge ``values`` into summary.json and into wandb's run summary."""
+    if not trainer.is_global_zero or not values:
+        return
+    merge_summary(summary_path(trainer), values)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(values)

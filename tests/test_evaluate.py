@@ -75,6 +75,19 @@ def test_a_bos_checkpoint_is_evaluated_with_its_bos(tmp_path, corpus_glob, cache
     assert abs(other["compress/fp/ppl"] / trained - 1) > 1e-3
 
 
+def test_evaluate_py_into_a_run_directory_adds_to_its_summary(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = json.loads((run / "summary.json").read_text())
+    evaluate.evaluate(compose_eval(run, f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "eval.compression=[prune50]"))
+    after = json.loads((run / "summary.json").read_text())
+    assert after["convergence/final_val_loss"] == before["convergence/final_val_loss"]  # kept
+    assert after["compress/prune50/ppl"] == pytest.approx(before["compress/prune50/ppl"], rel=1e-5)
+    assert after["compress/ckpt"].endswith("last.ckpt")
+
+
 def test_a_nanogpt_checkpoint_needs_a_data_choice(tmp_path):
     torch.manual_seed(0)
     model = GPT(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=32)
