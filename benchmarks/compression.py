@@ -32,18 +32,20 @@ def main() -> None:
     parser.add_argument("--ckpt", help="a train.py checkpoint; default: an untrained nano model")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt
+        ckpt, overrides = args.ckpt, []
         if ckpt is None:
             model = GPT(vocab_size=256, block_size=256, n_layer=4, n_head=4, n_embd=128)
             ckpt = str(Path(tmp) / "nano.pt")
             torch.save({"model": model.state_dict(), "model_args": {"n_head": 4}}, ckpt)
+            overrides = ["data=stdlib"]  # a nanoGPT checkpoint carries no data config
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose(config_name="evaluate", overrides=[f"ckpt={ckpt}", f"paths.output_dir={tmp}"])
+            cfg = compose(config_name="evaluate", overrides=[f"ckpt={ckpt}", f"paths.output_dir={tmp}", *overrides])
         evaluate.load_model(ckpt)  # warm imports and the token cache before timing
         start = time.perf_counter()
         results = evaluate.evaluate(cfg)
         seconds = time.perf_counter() - start
-    print(f"{len(results) // 2} protocols on {ckpt if args.ckpt else 'an untrained nano model'}: {seconds:.1f} s")
+    protocols = sum(key.endswith("/ppl_ratio") for key in results)
+    print(f"{protocols} protocols on {ckpt if args.ckpt else 'an untrained nano model'}: {seconds:.1f} s")
     print(f"compression_seconds={seconds:.1f}")
 
 

@@ -20,7 +20,9 @@ on CPU only under TRITON_INTERPRET=1. The triton kernels have no attention dropo
 dropout > 0, auto falls back to eager and a forced triton is a ConfigError.
 
 ``eager`` (kernels/naive.py) is the reference every other path is tested against, and the
-only one that returns probabilities, so probes always run it.
+only one that returns probabilities, so probes always run it. It is also the only one that
+can change them: ``probs_transform`` (a callable on the attention weights, applied before
+they multiply V; the W8A8 protocol's quantizer) forces eager like ``return_probs``.
 """
 
 from __future__ import annotations
@@ -106,30 +108,32 @@ def _has_flex() -> bool:
     return True
 
 
-def softmax_attention(q, k, v, *, backend="auto", dropout_p=0.0, return_probs=False):
+def softmax_attention(q, k, v, *, backend="auto", dropout_p=0.0, return_probs=False, probs_transform=None):
     """Causal softmax(q k^T / sqrt(d)) v on (B, H, T, d). Returns (o, p); p is None unless asked for."""
-    chosen = select_backend(backend, q.device.type, q.dtype, need_probs=return_probs)
+    need_probs = return_probs or probs_transform is not None
+    chosen = select_backend(backend, q.device.type, q.dtype, need_probs=need_probs)
     if chosen == "flash" and v.size(-1) != q.size(-1):
         chosen = "sdpa"  # flash-attn wants one head size for q, k and v
     if chosen == "eager":
-        return naive.softmax_attention(q, k, v, dropout_p)
+        return naive.softmax_attention(q, k, v, dropout_p, probs_transform)
     if chosen == "flash":
         return flash.softmax_attention(q, k, v, dropout_p), None
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
 
 
 def slot_attention(q, k, v, *, slot_key=None, slot_bias=None, slot_value=None, backend="auto", dropout_p=0.0,
-                   return_probs=False):
+                   return_probs=False, probs_transform=None):
     """Softmax over the causal keys and one extra slot with logit q.slot_key/sqrt(d) + slot_bias
     (slot_key (1, H, 1, d), slot_bias (1, H, 1, 1); None = 0) and value slot_value (1, H, 1, d; None = 0).
     Returns (o, pi, p): o = sum_j p_ij v_j + pi_i v', pi the slot weight (B, H, T), p None unless asked for."""
-    chosen = select_backend(backend, q.device.type, q.dtype, need_probs=return_probs, family="slot")
+    need_probs = return_probs or probs_transform is not None
+    chosen = select_backend(backend, q.device.type, q.dtype, need_probs=need_probs, family="slot")
     if chosen == "eager":
         d = q.size(-1)
         logit = q.new_zeros(1, q.size(1), 1, 1) if slot_key is None else (q @ slot_key.transpose(-1, -2)) / d**0.5
         if slot_bias is not None:
             logit = logit + slot_bias
-        return naive.slot_attention(q, k, v, logit, slot_value, dropout_p)
+        return naive.slot_attention(q, k, v, logit, slot_value, dropout_p, probs_transform)
     if chosen == "flex":
         o, pi = slot.flex_slot_attention(q, k, v, slot_key, slot_bias, slot_value)
     else:
@@ -137,15 +141,17 @@ def slot_attention(q, k, v, *, slot_key=None, slot_bias=None, slot_value=None, b
     return o, pi, None
 
 
-def elementwise_attention(q, k, v, probs_fn, *, fused=None, backend="auto", dropout_p=0.0, return_probs=False):
+def elementwise_attention(q, k, v, probs_fn, *, fused=None, backend="auto", dropout_p=0.0, return_probs=False,
+                          probs_transform=None):
     """o = P V with P = probs_fn(s, mask) (see kernels.naive.elementwise_attention). Returns (o, P or None).
 
     ``fused`` names the variant's fused triton kernel and its parameters, e.g.
     ``("softpick", {"eps": 1e-6})`` (kernels.triton.KERNELS); None = the variant has none.
     The kernels have no dropout: with dropout_p > 0, auto runs eager and a forced triton
     raises ConfigError."""
+    need_probs = return_probs or probs_transform is not None
     chosen = select_backend(
-        backend, q.device.type, q.dtype, need_probs=return_probs, family="elementwise", fused=fused is not None
+        backend, q.device.type, q.dtype, need_probs=need_probs, family="elementwise", fused=fused is not None
     )
     if chosen == "triton" and dropout_p > 0:
         if backend == "triton":
@@ -156,5 +162,5 @@ def elementwise_attention(q, k, v, probs_fn, *, fused=None, backend="auto", drop
     if chosen == "triton":
         name, params = fused
         return triton_kernels.fused_attention(name, q, k, v, **params), None
-    o, p = naive.elementwise_attention(q, k, v, probs_fn, dropout_p)
+    o, p = naive.elementwise_attention(q, k, v, probs_fn, dropout_p, probs_transform)
     return o, (p if return_probs else None)

@@ -1,5 +1,9 @@
 """Plain-PyTorch causal softmax attention: the reference every fast path is tested
-against, and the path the metric probes use because it returns the probabilities."""
+against, and the path the metric probes use because it returns the probabilities.
+
+Each function takes an optional ``transform`` applied to the attention weights before they
+multiply V (and returned transformed): the W8A8 compression protocol quantizes them there
+(outliers/compression/). None, the default, changes nothing."""
 
 from __future__ import annotations
 
@@ -23,11 +27,13 @@ def causal_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, transform=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (o, p): o = softmax(s) V of shape (B, H, T, d), and p of shape (B, H, T, T)."""
     s = causal_logits(q, k)
     p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
+    if transform is not None:
+        p = transform(p)
     p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
     return p_used @ v, p
 
@@ -39,15 +45,19 @@ def slot_attention(
     slot_logit: torch.Tensor,
     slot_value: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    transform=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax over the causal keys plus one extra slot with logit ``slot_logit`` (B, H, T, 1)
     and value ``slot_value`` (broadcast to (B, H, T, d); None = zeros).
 
     Returns (o, pi, p): p (B, H, T, T) are the weights of the real keys (rows sum to 1 - pi),
-    pi (B, H, T) the weight of the slot, o = p V + pi v'."""
+    pi (B, H, T) the weight of the slot, o = p V + pi v'. ``transform`` gets the weights of
+    the keys and the slot together, (B, H, T, T + 1), the slot last: one softmax, one tensor."""
     s = causal_logits(q, k)
     z = torch.cat([s, slot_logit.expand(*s.shape[:-1], 1).to(s.dtype)], dim=-1)
     weights = torch.softmax(z, dim=-1, dtype=torch.promote_types(z.dtype, torch.float32)).to(q.dtype)
+    if transform is not None:
+        weights = transform(weights)
     p, pi = weights[..., :-1], weights[..., -1]
     p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
     o = p_used @ v
@@ -56,10 +66,12 @@ def slot_attention(
     return o, pi, p
 
 
-def elementwise_attention(q, k, v, probs_fn, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def elementwise_attention(q, k, v, probs_fn, dropout_p: float = 0.0, transform=None) -> tuple[torch.Tensor, torch.Tensor]:
     """o = P V with P = probs_fn(s, mask) computed from the full (B, H, T, T) logits;
     ``mask`` is True where key j is visible to query i. Returns (o, P)."""
     s = causal_logits(q, k)
     p = probs_fn(s, causal_mask(q.size(-2), k.size(-2), q.device))
+    if transform is not None:
+        p = transform(p)
     p_used = torch.nn.functional.dropout(p, dropout_p) if dropout_p > 0 else p
     return p_used @ v, p

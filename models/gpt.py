@@ -1,6 +1,13 @@
 """A nanoGPT-style GPT: pre-norm blocks, learned positions, GELU MLP, tied embeddings.
 ``style="llama"`` swaps in RMSNorm, rotary positions, a SwiGLU MLP and no biases.
 
+Activations that no module returns are passed through named ``nn.Identity`` modules, so that
+a forward hook reaches them without touching the model's code: ``transformer.emb_out`` (the
+embedding sum), per block ``resid_attn`` and ``resid_mlp`` (the two residual sums) and
+``mlp.act_out`` (the MLP's hidden activation, c_proj's input); the attention adds its own
+(models/attention/base.py). They hold no parameters and change no number; the W8A8 protocol
+(outliers/compression/) quantizes there.
+
 Parameter names follow nanoGPT (``transformer.h.{i}.attn.c_attn`` ...), so nanoGPT and
 the seed paper's checkpoints load directly (``GPT.from_nanogpt``). Every block takes its
 attention module from the registry in ``models.attention`` by name.
@@ -32,10 +39,11 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # the "down projection" of the outlier metrics
+        self.act_out = nn.Identity()  # the hidden activation, for hooks (module docstring)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act_out(self.gelu(self.c_fc(x)))))
 
 
 class SwiGLU(nn.Module):
@@ -46,11 +54,12 @@ class SwiGLU(nn.Module):
         hidden = 64 * math.ceil(8 * n_embd / 3 / 64)
         self.c_fc = nn.Linear(n_embd, 2 * hidden, bias=False)  # gate and up, fused
         self.c_proj = nn.Linear(hidden, n_embd, bias=False)
+        self.act_out = nn.Identity()  # the hidden activation, for hooks (module docstring)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         gate, up = self.c_fc(x).chunk(2, dim=-1)
-        return self.dropout(self.c_proj(F.silu(gate) * up))
+        return self.dropout(self.c_proj(self.act_out(F.silu(gate) * up)))
 
 
 def norm(style: str, n_embd: int, bias: bool) -> nn.Module:
@@ -69,10 +78,11 @@ class Block(nn.Module):
         )
         self.ln_2 = norm(style, n_embd, bias)
         self.mlp = MLP(n_embd, bias, dropout) if style == "gpt2" else SwiGLU(n_embd, dropout)
+        self.resid_attn, self.resid_mlp = nn.Identity(), nn.Identity()  # the residual sums, for hooks
 
     def forward(self, x, rope=None):
-        x = x + self.attn(self.ln_1(x), rope)
-        return x + self.mlp(self.ln_2(x))
+        x = self.resid_attn(x + self.attn(self.ln_1(x), rope))
+        return self.resid_mlp(x + self.mlp(self.ln_2(x)))
 
 
 class GPT(nn.Module):
@@ -105,6 +115,7 @@ class GPT(nn.Module):
         self.block_size, self.style = block_size, style
         layers = dict(
             wte=nn.Embedding(vocab_size, n_embd),
+            emb_out=nn.Identity(),  # the embedding sum, for hooks (module docstring)
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(
                 Block(n_embd, n_head, block_size, bias, dropout, i, attention, style) for i in range(n_layer)
@@ -145,7 +156,7 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
         else:
             rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype))
-        x = self.transformer.drop(x)
+        x = self.transformer.drop(self.transformer.emb_out(x))
         for block in self.transformer.h:
             x = block(x, rope)
         return self.lm_head(self.transformer.ln_f(x))

@@ -19,7 +19,7 @@ from models.gpt import GPT
 from tests.helpers import CONFIGS, TINY, compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTOCOLS = ["w8a8", "w8_absmax", "w4_per_channel", "prune50", "clip_p99.9"]
+PROTOCOLS = list(compose_train(Path("/tmp/unused")).eval.compression)  # the default protocols
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,8 @@ def test_evaluate_py_on_a_nanogpt_checkpoint(tmp_path, corpus_glob, cache_dir):
                        "data.val_batches=2", f"data.cache_dir={cache_dir}", "eval.compression=[w8_absmax]")
     results = evaluate.evaluate(cfg)
     assert 200 < results["compress/fp/ppl"] < 320  # an untrained byte model: about uniform over 256
-    assert set(results) == {"compress/fp/ppl", "compress/w8_absmax/ppl", "compress/w8_absmax/ppl_ratio"}
+    assert set(results) == {"compress/fp/ppl", "compress/w8_absmax/ppl", "compress/w8_absmax/ppl_ratio",
+                            "compress/w8_absmax/kl", "compress/w8_absmax/top1_agreement"}
 
 
 @pytest.mark.parametrize(

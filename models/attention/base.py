@@ -20,6 +20,16 @@ class CausalSelfAttention(nn.Module):
     ``values`` (B, H, T, d).
     Set ``module.probe = True`` to run the exact (eager) path and keep those extras in
     ``module.probe_out`` after each forward.
+
+    Two identity modules expose activations to forward hooks (the W8A8 protocol of
+    outliers/compression/ quantizes there): ``attn_out``, the per-head output o (B, H, T, d)
+    that ``attend`` returns, i.e. what c_proj reads; and ``attn_probs``, the attention
+    weights before they multiply V. The weights exist only on the eager path, so
+    ``attn_probs`` is called only when ``module.expose_probs = True``, which makes every
+    attend helper run eager (as probing does) and pass through it: softmax(s) for the
+    softmax family (each map of differential), the weights of the keys and the slot as one
+    (B, H, T, T + 1) tensor for the slot family, P = f(s) for the elementwise family. A
+    variant that attends twice (differential, ca_bias) calls it twice per forward.
     """
 
     # -- the variant's declaration: everything the rest of the project knows about it, set
@@ -59,6 +69,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.attn_probs, self.attn_out = nn.Identity(), nn.Identity()  # for hooks (class docstring)
+        self.expose_probs = False
         self.probe = False
         self.probe_out: dict[str, torch.Tensor] = {}
 
@@ -95,7 +107,7 @@ class CausalSelfAttention(nn.Module):
             extras["max_logit"] = kernels.naive.causal_logits(q, k).amax(dim=(-2, -1))  # (B, H)
             extras["values"] = v  # (B, H, T, d), for the value-state drain
             self.probe_out = {name: t.detach() for name, t in extras.items()}
-        y = o.transpose(1, 2).reshape(B, T, C)
+        y = self.attn_out(o).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v, x, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -105,9 +117,16 @@ class CausalSelfAttention(nn.Module):
     def attn_dropout(self) -> float:
         return self.dropout if self.training else 0.0
 
+    @property
+    def probs_transform(self):
+        """What the kernels apply to the attention weights before P V: ``attn_probs`` when
+        ``expose_probs`` (forcing the eager path), else None (any backend)."""
+        return self.attn_probs if self.expose_probs else None
+
     def softmax_attend(self, q, k, v, probe: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """softmax(s) V on the fastest backend, or eager with probabilities when probing."""
-        o, p = kernels.softmax_attention(q, k, v, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe)
+        o, p = kernels.softmax_attention(q, k, v, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe,
+                                         probs_transform=self.probs_transform)
         return o, ({"probs": p, "null_mass": p.new_zeros(p.shape[:-1])} if probe else {})
 
     def slot_attend(self, q, k, v, probe: bool, slot_key=None, slot_bias=None, slot_value=None):
@@ -115,7 +134,7 @@ class CausalSelfAttention(nn.Module):
         pi, the weight on the slot, is the row's null mass."""
         o, pi, p = kernels.slot_attention(
             q, k, v, slot_key=slot_key, slot_bias=slot_bias, slot_value=slot_value, backend=self.backend,
-            dropout_p=self.attn_dropout, return_probs=probe,
+            dropout_p=self.attn_dropout, return_probs=probe, probs_transform=self.probs_transform,
         )
         return o, pi, ({"probs": p, "null_mass": pi} if probe else {})
 
@@ -124,7 +143,8 @@ class CausalSelfAttention(nn.Module):
         fused Triton kernel where the backend chooses it."""
         fused = (self.fused_kernel, self.fused_params(q.size(-2))) if self.fused_kernel else None
         o, p = kernels.elementwise_attention(
-            q, k, v, probs_fn, fused=fused, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe
+            q, k, v, probs_fn, fused=fused, backend=self.backend, dropout_p=self.attn_dropout, return_probs=probe,
+            probs_transform=self.probs_transform,
         )
         return o, ({"probs": p, "null_mass": 1 - p.sum(-1)} if probe else {})
 

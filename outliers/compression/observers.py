@@ -18,6 +18,7 @@ from torch import nn
 from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver
 
 from outliers.compression.passes import forward_all, run_with_input_hooks, token_ids
+from outliers.compression.ranges import quantile_from_top
 
 
 def calibrate_input_ranges(model: nn.Module, batches: Iterable) -> dict[str, tuple[float, float]]:
@@ -32,17 +33,6 @@ def calibrate_input_ranges(model: nn.Module, batches: Iterable) -> dict[str, tup
 
     run_with_input_hooks(model, token_ids(batches), record)
     return {name: (obs.min_val.item(), obs.max_val.item()) for name, obs in observers.items()}
-
-
-def _quantile_from_top(top: torch.Tensor, n: int, q: float) -> float:
-    """The q-quantile (linear interpolation, as torch.quantile) of n values, given their
-    largest ones sorted descending; needs at least n - floor(q (n-1)) of them."""
-    pos = q * (n - 1)
-    below = math.floor(pos)
-    value = top[n - 1 - below].item()
-    if pos > below:
-        value += (pos - below) * (top[n - 2 - below].item() - value)
-    return value
 
 
 def calibrate_abs_percentiles(model: nn.Module, batches: Iterable, percentile: float = 99.9) -> dict[str, float]:
@@ -71,7 +61,7 @@ def calibrate_abs_percentiles(model: nn.Module, batches: Iterable, percentile: f
         top[name] = values.topk(min(needed[name], values.numel())).values
 
     run_with_input_hooks(model, inputs, record)
-    return {name: _quantile_from_top(top[name], counts[name], q) for name in top}
+    return {name: quantile_from_top(top[name], counts[name], q) for name in top}
 
 
 def observe_channel_ranges(model: nn.Module, inputs: list[torch.Tensor],

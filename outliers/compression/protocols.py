@@ -2,10 +2,11 @@
 
 A protocol is one function ``fn(model, calib_batches, *, keep_head_fp) -> compressed copy``
 decorated with ``@protocol(name, column=...)``: that registers it for ``eval.compression``
-and declares its report metric ``compress/<name>/ppl_ratio`` (a column of the report table
-when ``column`` is given). ``keep_head_fp`` only concerns the W8A8 protocols; the others
-follow the seed paper and compress every Linear, the output head (and so the tied
-embedding) included. Which protocols a run uses by default is configs/eval/default.yaml.
+and declares its metrics ``compress/<name>/ppl_ratio`` (a column of the report table when
+``column`` is given), ``compress/<name>/kl`` and ``compress/<name>/top1_agreement``.
+``keep_head_fp`` only concerns the W8A8 protocols; the others follow the seed paper and
+compress every Linear, the output head (and so the tied embedding) included. Which
+protocols a run uses by default is configs/eval/default.yaml.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from errors import ConfigError
+from outliers.compression.activation_points import quantize_activations
 from outliers.compression.activations import attach_input_quantizers, clip_activations
 from outliers.compression.observers import calibrate_input_ranges
 from outliers.compression.smoothing import smooth_shift_scale
-from outliers.compression.weights import prune_magnitude, quantize_weights
+from outliers.compression.weights import prune_magnitude, quantize_weights, quantize_weights_mse
 from outliers.metrics.registry import Metric, declare
 
 Protocol = Callable[..., nn.Module]
@@ -28,13 +30,18 @@ PROTOCOLS: dict[str, Protocol] = {}
 
 
 def protocol(name: str, column: str | None = None) -> Callable[[Protocol], Protocol]:
-    """Decorator: register ``fn`` as the compression protocol ``name`` and declare its metric
-    ``compress/<name>/ppl_ratio``, with the report column header ``column`` (None: no column)."""
+    """Decorator: register ``fn`` as the compression protocol ``name`` and declare its metrics
+    (evaluation.evaluate_protocols computes them): ``compress/<name>/ppl_ratio``, with the
+    report column header ``column`` (None: no column), ``kl`` and ``top1_agreement``."""
     def decorator(fn: Protocol) -> Protocol:
         old = PROTOCOLS.get(name)
         if old is not None and old.__qualname__ != fn.__qualname__:
             raise RuntimeError(f"compression protocol {name!r} is registered twice: {old.__qualname__}, {fn.__qualname__}")
-        declare(Metric(f"compress/{name}/ppl_ratio", f"{name} perplexity / full precision", column=column))
+        declare(Metric(f"compress/{name}/ppl_ratio", f"{name} perplexity / full precision", column=column),
+                Metric(f"compress/{name}/kl", f"{name}: mean KL divergence of its next-token distribution "
+                                              "from the full-precision one, KL(p_fp || p) (nats/token)"),
+                Metric(f"compress/{name}/top1_agreement", f"{name}: share of tokens whose most likely next "
+                                                          "token is the full-precision model's"))
         PROTOCOLS[name] = fn
         return fn
     return decorator
@@ -51,9 +58,34 @@ def check_protocols(names: Iterable[str] | str | None) -> list[str]:
 
 @protocol("w8a8", column="W8A8 ppl ratio")
 def w8a8(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
-    """Weights 8-bit symmetric per tensor; every Linear input 8-bit asymmetric per tensor with
-    static ranges calibrated on the weight-quantized copy; ``keep_head_fp`` keeps the output
-    head's weight (and the tied embedding) and input in full precision (Bondarenko)."""
+    """Bondarenko et al.'s W8A8, with their code's default activation range, the running
+    min-max: weights (Linear, embeddings, norms) 8-bit per tensor on MSE-searched ranges,
+    every activation 8-bit asymmetric per tensor with static ranges (activation_points.py);
+    ``keep_head_fp`` keeps the output head in full precision (their fp32_head)."""
+    return _bondarenko_w8a8(model, calib_batches, None, keep_head_fp)
+
+
+@protocol("w8a8_p99999")
+def w8a8_p99999(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
+    """``w8a8`` with running 0.001th / 99.999th percentiles as activation ranges (the
+    estimator of their README's OPT INT8 command: running_minmax --percentile 99.999)."""
+    return _bondarenko_w8a8(model, calib_batches, 99.999, keep_head_fp)
+
+
+def _bondarenko_w8a8(model: nn.Module, calib_batches: Iterable, percentile: float | None, keep_head_fp: bool):
+    """Weights on their MSE ranges, then every activation with running min-max ranges
+    (``percentile`` None) or running percentiles, calibrated on the weight-quantized copy."""
+    quantized = quantize_weights_mse(model, 8, keep_head_fp)
+    return quantize_activations(quantized, calib_batches, 8, percentile, keep_head_fp)
+
+
+@protocol("w8a8_linear")
+def w8a8_linear(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
+    """Linear inputs only: weights 8-bit symmetric abs-max per tensor; every Linear input 8-bit
+    asymmetric per tensor with static min-max ranges calibrated on the weight-quantized copy;
+    ``keep_head_fp`` keeps the output head's weight (and the tied embedding) and input in full
+    precision. The residual stream is never quantized: the W8A8 of GEMM-input methods
+    (SmoothQuant, OS+), not Bondarenko's."""
     quantized = quantize_weights(model, 8, skip_head=keep_head_fp)
     ranges = calibrate_input_ranges(quantized, calib_batches)
     return attach_input_quantizers(quantized, ranges, 8, skip_head=keep_head_fp)
@@ -85,5 +117,6 @@ def clip_p999(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool =
 
 @protocol("smooth_w8a8")
 def smooth_w8a8(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
-    """OS+ / SmoothQuant shift and scale (alpha 0.5), then W8A8 calibrated on the result."""
-    return w8a8(smooth_shift_scale(model, calib_batches, alpha=0.5), calib_batches, keep_head_fp=keep_head_fp)
+    """OS+ / SmoothQuant shift and scale (alpha 0.5), then ``w8a8_linear`` calibrated on the
+    result: their W8A8 quantizes the inputs of the Linear layers, which smoothing reshapes."""
+    return w8a8_linear(smooth_shift_scale(model, calib_batches, alpha=0.5), calib_batches, keep_head_fp=keep_head_fp)

@@ -72,3 +72,25 @@ def quantize_asymmetric(x: torch.Tensor, bits: int, lo: float, hi: float) -> tor
     else:  # a range without 0 (lo > 0 or hi < 0): torch requires the zero point on the grid
         q = (y.round() + zero_point).clamp(0, levels) - zero_point
     return (q * scale).to(x.dtype)
+
+
+def quantize_to_range(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:
+    """Bondarenko et al.'s weight quantizer for a range [lo, hi] with lo = -hi or lo = 0, as
+    their MSE search proposes it (``ranges.mse_weight_range``): their SymmetricUniformQuantizer
+    (quantization/quantizers/uniform_quantizers.py in their code).
+
+    lo < 0, a signed grid: scale = hi / (2^(bits-1) - 1) and q = clamp(round(x / scale),
+    -2^(bits-1), 2^(bits-1) - 1) * scale, the full signed range, one level more below zero
+    than ``quantize_symmetric``'s. lo = 0 (a tensor without negative values), an unsigned grid:
+    scale = hi / (2^bits - 1), q = clamp(round(x / scale), 0, 2^bits - 1) * scale. hi <= 0
+    gives zeros. Computed in float32 and returned in x's dtype.
+    """
+    lo, hi = float(lo), float(hi)
+    if hi <= 0:
+        return torch.zeros_like(x)
+    if lo >= 0:
+        return quantize_asymmetric(x, bits, 0.0, hi)  # zero point 0: the unsigned grid
+    qmax = 2 ** (bits - 1) - 1
+    scale = max(-lo, hi) / qmax
+    y = x.float() / scale
+    return (_round_to_grid(y, 0, -qmax - 1, qmax).copysign(y) * scale).to(x.dtype)

@@ -1,5 +1,6 @@
 """Weight compression on a working copy: symmetric fake quantization and magnitude pruning of
-every nn.Linear weight."""
+every nn.Linear weight, and Bondarenko et al.'s W8A8 weights (MSE-searched ranges, embeddings
+and norms included)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import torch
 from torch import nn
 
 from outliers.compression.passes import HEAD, linears, working_copy
-from outliers.compression.quantizers import quantize_symmetric
+from outliers.compression.quantizers import quantize_symmetric, quantize_to_range
+from outliers.compression.ranges import mse_weight_range
+
+# Modules whose weight Bondarenko et al. quantize (their autoquant_utils.module_map: Linear,
+# LayerNorm, Embedding; RMSNorm is the LayerNorm of the llama style). Biases stay in full
+# precision, as in their QuantizationHijacker.
+WEIGHT_MODULES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)
 
 
 def _unique_weights(model: nn.Module, skip_head: bool = False) -> Iterator[tuple[str, nn.Linear]]:
@@ -36,6 +43,33 @@ def quantize_weights(model: nn.Module, bits: int, per_channel: bool = False, ski
     with torch.no_grad():
         for _, linear in _unique_weights(quantized, skip_head):
             linear.weight.copy_(quantize_symmetric(linear.weight, bits, dim=0 if per_channel else None))
+    return quantized
+
+
+def quantize_weights_mse(model: nn.Module, bits: int, keep_head_fp: bool) -> nn.Module:
+    """A copy with Bondarenko et al.'s weight quantization: the weight of every nn.Linear,
+    nn.Embedding (token and position tables), LayerNorm and RMSNorm fake-quantized per tensor
+    on the range of ``ranges.mse_weight_range`` (``quantizers.quantize_to_range``).
+
+    ``keep_head_fp`` (their quant_setup fp32_head) keeps the output head in full precision.
+    Their token embedding is quantized all the same (a QuantEmbedding whose weight is
+    quantized on the fly, while the head reads the stored fp32 tensor), so here the copy's
+    embedding gets its own quantized tensor: the lookup reads 8-bit values, the head full
+    precision. Without ``keep_head_fp`` the tied tensor is quantized once, for both."""
+    quantized = working_copy(model)
+    head = quantized.get_submodule(HEAD) if keep_head_fp else None
+    seen = set()
+    with torch.no_grad():
+        for module in quantized.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(module, WEIGHT_MODULES) or weight is None or module is head or id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            values = quantize_to_range(weight, bits, *mse_weight_range(weight, bits))
+            if head is not None and weight is head.weight:
+                module.weight = nn.Parameter(values, requires_grad=weight.requires_grad)  # untied (see above)
+            else:
+                weight.copy_(values)
     return quantized
 
 
