@@ -42,6 +42,40 @@ def test_probe_captures_every_layer_and_removes_its_hooks(attention):
     torch.testing.assert_close(model.lm_head(model.transformer.ln_f(result.residual[-1])), model.eval()(idx))
 
 
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_bondarenko_figures_cover_their_tensor_set(style):
+    """avg/max kurtosis and max inf-norm are over every block output, both norm outputs of each
+    block, the attention and FFN output projections' outputs and the final norm's output,
+    recomputed here independently with plain hooks; max_layer_inf_norm over block outputs only."""
+    torch.manual_seed(0)
+    model = GPT(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=32, style=style).eval()
+    idx = torch.randint(0, 64, (3, 32))
+    seen = []
+    modules = [m for b in model.transformer.h for m in (b.ln_1, b.attn.c_proj, b.ln_2, b.mlp.c_proj, b)]
+    handles = [m.register_forward_hook(lambda mod, i, out: seen.append(out.detach()))
+               for m in modules + [model.transformer.ln_f]]
+    with torch.no_grad():
+        model(idx)
+    for h in handles:
+        h.remove()
+    assert len(seen) == 2 * 5 + 1
+
+    def kurt(h):  # per sequence mu4 / sigma^4 over its T*C values, then the mean over sequences
+        x = h.reshape(h.shape[0], -1).double()
+        d = x - x.mean(1, keepdim=True)
+        return ((d**4).mean(1) / (d**2).mean(1) ** 2).mean().item()
+
+    def inf(h):
+        return h.reshape(h.shape[0], -1).abs().amax(1).mean().item()
+
+    values = run_measures(Probe(probe(model, idx), model))
+    assert values["outliers/act/avg_kurtosis"] == pytest.approx(sum(map(kurt, seen)) / len(seen), rel=1e-4)
+    assert values["outliers/act/max_kurtosis"] == pytest.approx(max(map(kurt, seen)), rel=1e-4)
+    assert values["outliers/act/max_inf_norm"] == pytest.approx(max(map(inf, seen)), rel=1e-5)
+    blocks = [t for t, m in zip(seen, modules) if m in list(model.transformer.h)]
+    assert values["outliers/act/max_layer_inf_norm"] == pytest.approx(max(map(inf, blocks)), rel=1e-5)
+
+
 def test_probe_removes_hooks_on_error():
     model = small_gpt()
     with pytest.raises(IndexError):
