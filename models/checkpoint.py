@@ -68,6 +68,8 @@ def data_config(saved: Mapping | None, given: Mapping | None) -> dict | None:
     from omegaconf import OmegaConf
 
     given = dict(given or {})
-    if "_target_" in given or saved is None:
-        return given if "_target_" in given else None
+    if "_target_" in given:
+        return given
+    if saved is None:
+        return None
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(saved)), given), resolve=True)
