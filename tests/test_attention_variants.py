@@ -48,6 +48,21 @@ def reference(module, x, rope, opts):
         pytest.fail(str(err))
 
 
+def test_a_variant_without_a_reference_fails_with_a_clear_message():
+    from models.attention.base import CausalSelfAttention
+
+    class Undeclared(CausalSelfAttention):
+        variant_name = "undeclared"
+
+        def attend(self, q, k, v, x, probe):
+            return self.softmax_attend(q, k, v, probe)
+
+    module = Undeclared(C, H, block_size=BLOCK)
+    x, rope = inputs()
+    with pytest.raises(pytest.fail.Exception, match="'undeclared' declares no reference.*Undeclared.reference"):
+        reference(module, x, rope, {})
+
+
 # -- building test modules ------------------------------------------------------------------
 
 
