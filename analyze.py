@@ -28,26 +28,31 @@ from data.tokenizers import build_tokenizer
 from errors import ConfigError, exit_on_config_error
 from models.checkpoint import load_model
 from outliers.monitor import plots
-from outliers.metrics import declared
+from outliers.metrics import declared, expand
 from outliers.metrics.tokens import vocabulary_classes
-from outliers.monitor.probes import measure_model
+from outliers.monitor.probes import data_domains, measure_model
 
 console = Console()
 THRESHOLDS = ("massive_abs", "massive_ratio", "token_ratio", "sink_eps", "sink_tokens")
 
 
 def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
-    """(ids (windows, window), decode(id) -> text, vocabulary size) of what to analyse."""
+    """(ids (windows, window), decode(id) -> text, vocabulary size, what the data says about
+    the windows: its query domains and optimum, see ``probes.data_domains``) of what to analyse."""
     if cfg.text is None:
         if data_config is None:
             raise ConfigError(f"{cfg.ckpt} carries no data config (a nanoGPT checkpoint): give text=FILE")
         datamodule = hydra.utils.instantiate({**data_config, "block_size": block_size})
         datamodule.prepare_data()
         datamodule.setup("validate")
-        return datamodule.probe_batch(int(cfg.windows)), datamodule.decode_token, datamodule.vocab_size
+        ids = datamodule.probe_batch(int(cfg.windows))
+        return ids, datamodule.decode_token, datamodule.vocab_size, data_domains(datamodule, ids)
     path = Path(cfg.text)
     if not path.is_file():
         raise ConfigError(f"text file not found: {path}")
+    if data_config and "tokenizer" not in data_config:
+        raise ConfigError(f"{cfg.ckpt} was trained on data without a text tokenizer "
+                          f"({data_config.get('_target_')}): leave out text= to analyse its own probe windows")
     tokenizer = build_tokenizer(data_config["tokenizer"] if data_config else cfg.nanogpt.tokenizer)
     bos = tokenizer.vocab_size if data_config and data_config.get("bos") else None
     window = int(cfg.window or block_size)
@@ -65,18 +70,18 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
     def decode(token: int) -> str:
         return "<bos>" if token == bos else tokenizer.decode([token])
 
-    return rows, decode, tokenizer.vocab_size + (bos is not None)
+    return rows, decode, tokenizer.vocab_size + (bos is not None), {}
 
 
 def analyze(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, verbose=False)
     model, data_config = load_model(cfg.ckpt, cfg.get("nanogpt"))
-    idx, decode, vocab_size = probe_windows(cfg, model.block_size, data_config)
+    idx, decode, vocab_size, domains = probe_windows(cfg, model.block_size, data_config)
     if vocab_size > model.config["vocab_size"]:
         raise ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids, the model only "
                           f"{model.config['vocab_size']} (nanogpt.tokenizer= or a checkpoint with its data config)")
     thresholds = {key: cfg.callbacks.outlier_monitor[key] for key in THRESHOLDS}
-    result, metrics = measure_model(model, idx, vocabulary_classes(decode, vocab_size), **thresholds)
+    result, metrics = measure_model(model, idx, vocabulary_classes(decode, vocab_size), **thresholds, **domains)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"ckpt": str(cfg.ckpt), "text": cfg.text, "windows": idx.shape[0], "window": idx.shape[1]}
@@ -92,7 +97,7 @@ def print_headline(metrics: dict[str, float], meta: dict) -> None:
     table = Table(title=f"Outlier metrics of {meta['ckpt']} ({meta['windows']} windows of {meta['window']} tokens)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for metric in declared("outliers"):
+    for metric in expand(declared("outliers"), metrics):
         if metric.curve and metric.key in metrics:
             value = metrics[metric.key]
             table.add_row(f"{metric.title} ({metric.key})", "nan" if math.isnan(value) else f"{value:.4g}")

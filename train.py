@@ -20,13 +20,14 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
+from rich import get_console
 from rich.markup import escape
 
-from errors import exit_on_config_error
+from errors import ConfigError, exit_on_config_error
 from models.checkpoint import load_checkpoint
 from models.csv_logger import ResumableCSVLogger
 from models.lit_gpt import NonFiniteLossError
@@ -34,7 +35,10 @@ from outliers.compression import check_protocols, compression_results, print_res
 from outliers.summary import log_metrics, update_summary
 from outliers.sweep import in_multirun, job_dirname, record_failure, sweep_group
 
-console = Console()
+# rich's own console, fetched where it is used: a parallel launcher (joblib) pickles this
+# script's functions with the globals they name, and a Console (it holds a lock) cannot be
+# pickled.
+console = get_console
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
@@ -96,6 +100,16 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> tuple[str | No
     return str(Path(ckpt_path)), int(checkpoint.get("global_step", 0))
 
 
+def set_threads(threads) -> None:
+    """torch's intra-op threads for this run (null: torch's default, every core). Tiny models
+    train faster as parallel single-threaded jobs than as one job on all cores."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"torch_threads={threads!r}: give a positive integer, or null for torch's default")
+    torch.set_num_threads(threads)
+
+
 def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None) -> list[Logger]:
     """The configured loggers plus metrics.csv, which every run writes: it is kept across
     resumption (ResumableCSVLogger) and read by the reports, so it is not a config option."""
@@ -109,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     quiet_lightning()
     check_protocols(cfg.get("eval", {}).get("compression"))
+    set_threads(cfg.get("torch_threads"))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})
@@ -117,9 +132,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg, output_dir, resume_step)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    console.print(f"[bold]Run directory:[/] {escape(str(output_dir))}")
+    console().print(f"[bold]Run directory:[/] {escape(str(output_dir))}")
     if ckpt_path:
-        console.print(f"[bold]Resuming[/] from {escape(ckpt_path)} (step {resume_step})")
+        console().print(f"[bold]Resuming[/] from {escape(ckpt_path)} (step {resume_step})")
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
@@ -131,7 +146,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             compressed = compression_results(module.model, datamodule, cfg.eval)
             log_metrics(trainer, compressed)
             update_summary(trainer, compressed)
-            print_results(compressed, console)
+            print_results(compressed, console())
     finally:
         if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
             import wandb
@@ -139,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             wandb.finish()
     final = {"val/loss": float(results["val/loss"]), "val/ppl": math.exp(results["val/loss"])}
     if trainer.is_global_zero:
-        console.print(
+        console().print(
             f"[bold green]Done.[/] final val loss {final['val/loss']:.4f} (ppl {final['val/ppl']:.3f}); "
             f"unigram baseline {datamodule.unigram_loss:.4f}\n"
             f"[bold]Outputs:[/] {escape(str(output_dir))}  (metrics.csv, summary.json, plots/, checkpoints/)"
@@ -150,12 +165,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def run(cfg: DictConfig) -> float:
     """train() with user errors reported in one line (exit 2) and a NaN stop explained (exit 1)."""
     try:
-        with exit_on_config_error(console):
+        with exit_on_config_error(console()):
             return train(cfg)["val/loss"]
     except NonFiniteLossError as e:
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
-        console.print(f"[bold red]Stopped:[/] {escape(f'{e}. {kept}')}; lower optim.lr or check the data.")
+        console().print(f"[bold red]Stopped:[/] {escape(f'{e}. {kept}')}; lower optim.lr or check the data.")
         sys.exit(1)
 
 
@@ -167,7 +182,7 @@ def main(cfg: DictConfig) -> float | None:
         return run(cfg)
     except (Exception, SystemExit) as e:
         record_failure(cfg.paths.output_dir, e)
-        console.print(f"[bold red]Job failed[/] ({escape(type(e).__name__)}); the sweep goes on. "
+        console().print(f"[bold red]Job failed[/] ({escape(type(e).__name__)}); the sweep goes on. "
                       f"Details: {escape(str(Path(cfg.paths.output_dir) / 'FAILED'))}")
         return None
 

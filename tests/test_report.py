@@ -403,6 +403,10 @@ Columns: final val loss = `convergence/final_val_loss`; final ppl = `convergence
 
 ![Per-layer top-1 and median |h|](layer_profile.png)
 
+### First-token residual peak and value drain per layer
+
+![Residual-state peak and value-state drain of the first token per layer](extreme_tokens.png)
+
 ## Runs
 
 | run | variant | model | seed | steps | status |
@@ -477,7 +481,7 @@ def test_a_new_declaration_is_a_column_and_a_panel(monkeypatch, tmp_path):
 
 def test_panels_follow_the_declarations():
     panels = report.panel_metrics()
-    assert panels == [m for m in registry.declared() if m.panel]
+    assert panels == [m for m in registry.declared() if m.panel and not m.per_domain]
     assert [m.key for m in panels][:2] == ["outliers/act/top1_over_median/max", "outliers/down/top1_over_median/max"]
     fig = report.make_figures([])["outliers_vs_step"]
     assert [ax.get_title() for ax in fig.axes[:len(panels)]] == [m.title for m in panels]

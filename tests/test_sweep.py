@@ -112,5 +112,5 @@ def test_sweep_then_report(tmp_path, corpus_glob):
     rows = [line for line in text.splitlines() if line.startswith("| ") and ("softmax" in line or "explicit_scale" in line)
             and "±" in line]
     assert len(rows) == 2, text
-    for png in ("loss_curves.png", "outliers_vs_step.png", "layer_profile.png"):
+    for png in ("loss_curves.png", "outliers_vs_step.png", "layer_profile.png", "extreme_tokens.png"):
         assert (tmp_path / "report" / png).stat().st_size > 5000

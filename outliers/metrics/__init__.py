@@ -5,6 +5,6 @@ probe measures."""
 
 from outliers.metrics import measures  # noqa: F401  (registers the @measure functions)
 from outliers.metrics.measures import Probe
-from outliers.metrics.registry import Metric, curve_keys, declare, declared, emergence_defaults, run_measures
+from outliers.metrics.registry import Metric, curve_keys, declare, declared, emergence_defaults, expand, run_measures
 
-__all__ = ["Metric", "Probe", "curve_keys", "declare", "declared", "emergence_defaults", "run_measures"]
+__all__ = ["Metric", "Probe", "curve_keys", "declare", "declared", "emergence_defaults", "expand", "run_measures"]

@@ -10,6 +10,10 @@ Sources:
   attention-outlier keys, one sequence at a time: acc_j = sum_i mean_h p_ij >= 0.1 T.
 - Guo et al. 2024, "Active-Dormant Attention Heads": the first-token share (attention sink),
   with value-state drain and residual-state peak in ``activations.norm_ratio_to_others``.
+
+``queries`` (B, T) bool, where a function takes it, restricts the statistic to the query rows
+of one domain (Guo et al. split queries by whether the head has work to do on them); None
+means every row.
 """
 
 from __future__ import annotations
@@ -19,21 +23,34 @@ import torch
 from outliers.metrics.activations import f32
 
 
-def first_token_share(p: torch.Tensor) -> torch.Tensor:
-    """(H,): per head, the mean over sequences and queries i >= 1 of p_i0."""
-    return f32(p)[:, :, 1:, 0].mean(dim=(0, 2))
+def _rows_mean(x: torch.Tensor, queries: torch.Tensor | None, dim) -> torch.Tensor:
+    """Mean of x (B, H, T) over dim, counting only the rows i with queries[b, i] (all: None);
+    NaN where no row counts."""
+    if queries is None:
+        return x.mean(dim=dim)
+    w = queries.to(x.device, x.dtype)[:, None, :].expand_as(x)
+    return (x * w).sum(dim=dim) / w.sum(dim=dim)
 
 
-def sink_scores(p: torch.Tensor, tokens: int | None = 64) -> torch.Tensor:
+def first_token_share(p: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+    """(H,): per head, the mean over sequences and queries i >= 1 (of the domain) of p_i0."""
+    return _rows_mean(f32(p)[:, :, 1:, 0], None if queries is None else queries[:, 1:], dim=(0, 2))
+
+
+def sink_scores(p: torch.Tensor, tokens: int | None = 64, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H): Gu et al.'s alpha = (1/T') sum_{i < T'} p_i0 per sequence and head, query 0
-    included, over the first T' = min(tokens, T) queries (None: all of them)."""
+    included, over the first T' = min(tokens, T) queries (None: all of them); with a domain,
+    over its queries among those (NaN for a sequence that has none there)."""
     t = p.shape[-2] if tokens is None else min(tokens, p.shape[-2])
-    return f32(p)[:, :, :t, 0].mean(dim=-1)
+    return _rows_mean(f32(p)[:, :, :t, 0], None if queries is None else queries[:, :t], dim=-1)
 
 
 def sink_rate(scores: torch.Tensor, eps: float = 0.3) -> float:
-    """Fraction of the (sequence, layer, head) scores of ``sink_scores`` that exceed eps."""
-    return (f32(torch.as_tensor(scores)) > eps).float().mean().item()
+    """Fraction of the (sequence, layer, head) scores of ``sink_scores`` that exceed eps;
+    NaN scores (a sequence without queries of the domain) are left out."""
+    scores = f32(torch.as_tensor(scores))
+    scores = scores[~torch.isnan(scores)]
+    return (scores > eps).float().mean().item() if scores.numel() else float("nan")
 
 
 def outlier_keys(p: torch.Tensor, ratio: float = 0.1) -> torch.Tensor:
@@ -42,16 +59,16 @@ def outlier_keys(p: torch.Tensor, ratio: float = 0.1) -> torch.Tensor:
     return acc >= ratio * p.shape[-1]
 
 
-def attention_entropy(p: torch.Tensor) -> torch.Tensor:
+def attention_entropy(p: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and rows of -sum_j p_ij log p_ij, 0 log 0 = 0.
     Rows summing to less than 1 are used as they are (not renormalised); p >= 0 assumed."""
     x = f32(p)
-    return -torch.xlogy(x, x).sum(dim=-1).mean(dim=(0, 2))
+    return _rows_mean(-torch.xlogy(x, x).sum(dim=-1), queries, dim=(0, 2))
 
 
-def null_mass(null: torch.Tensor) -> torch.Tensor:
+def null_mass(null: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and rows of a probe's null_mass (B, H, T)."""
-    return f32(null).mean(dim=(0, 2))
+    return _rows_mean(f32(null), queries, dim=(0, 2))
 
 
 def value_stats(t: torch.Tensor) -> dict[str, float]:

@@ -33,6 +33,9 @@ class Probe:
     token_ratio: float = 1000.0
     sink_eps: float = 0.3
     sink_tokens: int | None = 64
+    # query domains the data module names: name -> (B, T) bool over the probe's query positions
+    domains: dict[str, torch.Tensor] | None = None
+    optimum: torch.Tensor | None = None  # (B, T) the true distribution's loss at each position, if known
 
     @cached_property
     def activation_stats(self) -> dict[str, list[dict[str, float]]]:
@@ -184,4 +187,46 @@ def extreme_tokens(probe: Probe) -> dict[str, float]:
         out[f"outliers/attn/value_drain/layer_{layer}"] = drain.mean().item()
         out[f"outliers/attn/value_drain_min/layer_{layer}"] = drain.min().item()
         out[f"outliers/act/residual_peak/layer_{layer}"] = A.norm_ratio_to_others(h).mean().item()
+    return out
+
+
+@measure(
+    Metric("outliers/domain/{domain}/first_token_share", "first-token share, {domain} queries (max)",
+           column="first-token share ({domain})", curve=True, panel=True),
+    Metric("outliers/domain/{domain}/sink_rate", "sink rate, {domain} queries", column="sink rate ({domain})",
+           curve=True),
+    Metric("outliers/domain/{domain}/null_mass", "null mass, {domain} queries", curve=True),
+    Metric("outliers/domain/{domain}/entropy", "attention entropy, {domain} queries", curve=True),
+    Metric("outliers/domain/{domain}/loss", "probe loss, {domain} queries", curve=True),
+    Metric("outliers/domain/{domain}/excess_loss", "probe loss above the optimum, {domain} queries",
+           column="excess loss ({domain})", curve=True, panel=True),
+)
+def query_domains(probe: Probe) -> dict[str, float]:
+    """The attention statistics above restricted to the queries of each domain the data names
+    (nothing when it names none): first-token share (max over layers and heads, and per layer
+    the mean over heads), sink rate over (sequence, layer, head), null mass and entropy (means
+    over layers), the probe's next-token loss there and, where the data knows its optimum, the
+    excess over it."""
+    out: dict[str, float] = {}
+    for name, queries in (probe.domains or {}).items():
+        prefix = f"outliers/domain/{name}"
+        shares, scores, null, entropy = [], [], [], []
+        for layer, extras in enumerate(probe.result.attention):
+            p = extras["probs"]
+            q = queries.to(p.device)
+            shares.append(T.first_token_share(p, q))
+            out[f"{prefix}/first_token_share/layer_{layer}"] = shares[-1].mean().item()
+            scores.append(T.sink_scores(p, probe.sink_tokens, q))
+            entropy.append(T.attention_entropy(p.clamp(min=0), q).mean().item())
+            null.append(T.null_mass(extras["null_mass"], q).mean().item() if "null_mass" in extras else math.nan)
+        out[f"{prefix}/first_token_share"] = torch.cat(shares).max().item()
+        out[f"{prefix}/sink_rate"] = T.sink_rate(torch.stack(scores), probe.sink_eps)
+        out[f"{prefix}/null_mass"] = math.fsum(null) / len(null)
+        out[f"{prefix}/entropy"] = math.fsum(entropy) / len(entropy)
+        loss = probe.result.token_loss.to(queries.device)
+        counted = queries & ~torch.isnan(loss)  # the last position has no target in the probe
+        out[f"{prefix}/loss"] = loss[counted].mean().item() if counted.any() else math.nan
+        if probe.optimum is not None:
+            excess = loss - probe.optimum.to(loss.device, loss.dtype)
+            out[f"{prefix}/excess_loss"] = excess[counted].mean().item() if counted.any() else math.nan
     return out

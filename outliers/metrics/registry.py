@@ -9,14 +9,21 @@ new metric never means editing a list in another file.
 
 Sections follow the key's first part: ``convergence/``, ``outliers/``, ``compress/``;
 the report orders its columns by section, then by declaration order.
+
+A key holding ``{domain}`` declares one metric per query domain that a data module names
+(e.g. ``active`` and ``dormant`` queries of the Bigram-Backcopy task): the domains are not
+known when the code is written, so such a declaration is a template, and each consumer
+expands it against the keys it actually has (``expand``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 SECTIONS = ("convergence", "outliers", "compress")
+DOMAIN = "{domain}"  # the placeholder of a per-domain template key
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,38 @@ class Metric:
     def section(self) -> str:
         return self.key.split("/", 1)[0]
 
+    @property
+    def per_domain(self) -> bool:
+        return DOMAIN in self.key
+
+    def matches(self, key: str) -> bool:
+        """Whether key is this metric's key, or one of its instances for a template."""
+        return key == self.key or (self.per_domain and self._pattern.match(key) is not None)
+
+    @property
+    def _pattern(self) -> re.Pattern:
+        return re.compile("^" + re.escape(self.key).replace(re.escape(DOMAIN), "([^/]+)") + "$")
+
+    def instances(self, keys: Iterable[str]) -> list[Metric]:
+        """[self] for a plain metric; for a template, one metric per domain found in keys
+        (sorted by domain), with the domain's name in its key, title and column header."""
+        if not self.per_domain:
+            return [self]
+        domains = sorted({m.group(1) for key in keys if (m := self._pattern.match(key))})
+
+        def fill(text: str | None, domain: str) -> str | None:
+            return None if text is None else text.replace(DOMAIN, domain)
+
+        return [replace(self, key=fill(self.key, d), title=fill(self.title, d), column=fill(self.column, d))
+                for d in domains]
+
     def __post_init__(self):
         if self.section not in SECTIONS:
             raise ValueError(f"metric {self.key!r}: the key must start with one of {', '.join(SECTIONS)}")
         if (self.panel or self.emergence is not None) and not self.curve and self.section == "outliers":
             raise ValueError(f"metric {self.key!r}: a panel or an emergence threshold needs curve=True")
+        if self.per_domain and self.emergence is not None:
+            raise ValueError(f"metric {self.key!r}: a per-domain template cannot have an emergence threshold")
 
 
 _METRICS: dict[str, Metric] = {}
@@ -55,7 +89,8 @@ def declare(*metrics: Metric) -> None:
 
 def measure(*metrics: Metric):
     """Decorator: ``fn(probe) -> {key: value}`` runs at every probe of the OutlierMonitor (and
-    in analyze.py); it must produce every declared key, and may log more (per-layer values)."""
+    in analyze.py); it must produce every declared key (a template: any number of domains,
+    none when the data names no domains), and may log more (per-layer values)."""
     def decorator(fn):
         declare(*metrics)
         _MEASURES.append((fn, tuple(m.key for m in metrics)))
@@ -68,7 +103,7 @@ def run_measures(probe) -> dict[str, float]:
     out: dict[str, float] = {}
     for fn, keys in _MEASURES:
         values = fn(probe)
-        missing = [key for key in keys if key not in values]
+        missing = [key for key in keys if DOMAIN not in key and key not in values]
         if missing:
             raise RuntimeError(f"measure {fn.__name__} declares {missing} but did not produce them")
         out.update(values)
@@ -88,8 +123,15 @@ def get(key: str) -> Metric:
         raise KeyError(f"no metric {key!r} is declared; declared: {', '.join(_METRICS)}") from None
 
 
-def curve_keys() -> list[str]:
-    return [m.key for m in declared() if m.curve]
+def expand(metrics: Iterable[Metric], keys: Iterable[str]) -> list[Metric]:
+    """The metrics with every template replaced by its instances among keys (in place)."""
+    keys = list(keys)
+    return [instance for metric in metrics for instance in metric.instances(keys)]
+
+
+def curve_keys(found: Iterable[str] = ()) -> list[str]:
+    """The keys kept at every probe; per-domain templates count for the domains in found."""
+    return [m.key for m in expand(declared(), found) if m.curve]
 
 
 def emergence_defaults() -> dict[str, float]:

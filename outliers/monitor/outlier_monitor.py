@@ -15,7 +15,7 @@ import torch
 from errors import ConfigError
 from outliers.metrics import curve_keys, emergence_defaults
 from outliers.metrics.tokens import vocabulary_classes
-from outliers.monitor.probes import ProbeResult, measure_model
+from outliers.monitor.probes import ProbeResult, data_domains, measure_model
 from outliers.summary import log_metrics, update_summary
 
 
@@ -44,6 +44,7 @@ class OutlierMonitor(L.Callback):
         self.thresholds = dict(massive_abs=massive_abs, massive_ratio=massive_ratio, token_ratio=token_ratio,
                                sink_eps=sink_eps, sink_tokens=sink_tokens)
         self.token_classes: torch.Tensor | None = None  # per vocabulary id, from the run's tokenizer
+        self.domains: dict = {}  # the data module's query domains and optimum on the probe windows
         # the declared thresholds; the config adds or changes some (null drops one)
         merged = {**emergence_defaults(), **dict(emergence or {})}
         self.emergence = {key: value for key, value in merged.items() if value is not None}
@@ -79,12 +80,14 @@ class OutlierMonitor(L.Callback):
         if self.history and self.history[-1]["step"] == step:
             return  # already measured at this step (e.g. start after resume, or end)
         tokens = trainer.datamodule.probe_batch(self.probe_sequences).to(pl_module.device)
-        if self.token_classes is None:  # once per run: decode every id of the run's own tokenizer
+        if self.token_classes is None:  # once per run: the probe windows are the same every time
             dm = trainer.datamodule
             self.token_classes = vocabulary_classes(dm.decode_token, dm.vocab_size)
-        result, metrics = measure_model(pl_module.model, tokens, self.token_classes, **self.thresholds)
+            self.domains = data_domains(dm, tokens)
+        result, metrics = measure_model(pl_module.model, tokens, self.token_classes, **self.thresholds,
+                                        **self.domains)
         log_metrics(trainer, metrics)
-        self.history.append({"step": step, **{k: float(metrics[k]) for k in curve_keys()}})
+        self.history.append({"step": step, **{k: float(metrics[k]) for k in curve_keys(metrics)}})
         self.last = (result, tokens.cpu(), metrics)
         for key, threshold in self.emergence.items():
             if key not in self.emerged and metrics.get(key, -math.inf) >= threshold:
@@ -97,7 +100,8 @@ class OutlierMonitor(L.Callback):
         result, tokens, metrics = self.last
         labels = [trainer.datamodule.decode_token(int(t)) for t in tokens[0]]
         figures = plots.probe_figures(result, metrics, labels, trainer.global_step)
-        figures["outliers_over_steps"] = plots.history(self.history, curve_keys(), "Outlier metrics over training")
+        keys = curve_keys(self.history[-1])
+        figures["outliers_over_steps"] = plots.history(self.history, keys, "Outlier metrics over training")
         plots.save_figures(figures, Path(trainer.default_root_dir) / "plots", trainer.loggers, trainer.global_step)
 
     # -- resume -------------------------------------------------------------------------

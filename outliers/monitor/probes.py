@@ -7,9 +7,11 @@ Hooks and probe flags are always removed afterwards."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from models.gpt import GPT
 from outliers.metrics import Probe, run_measures
@@ -24,6 +26,9 @@ class ProbeResult:
     # Bondarenko et al.'s tensor set, by module name: h.<l>.ln_1, h.<l>.attn.c_proj, h.<l>.ln_2,
     # h.<l>.mlp.c_proj, h.<l> (the block output), ln_f
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (B, T) next-token cross-entropy at each position of the probe batch; NaN at the last,
+    # whose target the batch does not hold
+    token_loss: torch.Tensor | None = None
 
 
 def _watched(model: GPT) -> dict[str, torch.nn.Module]:
@@ -55,7 +60,9 @@ def probe(model: GPT, idx: torch.Tensor) -> ProbeResult:
                 lambda mod, inp: result.down_input.append(inp[0].detach())))
         handles += [module.register_forward_hook(keep(name)) for name, module in _watched(model).items()]
         model.eval()
-        model(idx)
+        logits = model(idx).float()
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), idx[:, 1:], reduction="none")  # (B, T-1)
+        result.token_loss = F.pad(loss, (0, 1), value=math.nan)
         result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(blocks))]
         result.attention = [dict(block.attn.probe_out) for block in blocks]
     finally:
@@ -68,11 +75,25 @@ def probe(model: GPT, idx: torch.Tensor) -> ProbeResult:
     return result
 
 
+def data_domains(datamodule, idx: torch.Tensor) -> dict:
+    """What a data module says about the probe windows idx, as Probe fields: the query
+    domains it names (``probe_domains(idx)``) and, for data from a known process, the loss
+    of the true next-token distribution at each position (``true_loss(idx)``), each only if
+    the data module offers it."""
+    out = {}
+    if hasattr(datamodule, "probe_domains"):
+        out["domains"] = datamodule.probe_domains(idx.cpu())
+    if hasattr(datamodule, "true_loss"):
+        out["optimum"] = datamodule.true_loss(idx.cpu())
+    return out
+
+
 def measure_model(model: GPT, idx: torch.Tensor, token_classes: torch.Tensor | None = None,
-                  **thresholds) -> tuple[ProbeResult, dict[str, float]]:
+                  **probe_fields) -> tuple[ProbeResult, dict[str, float]]:
     """One probe of ``model`` on ``idx`` and every declared measure of it: what the
     OutlierMonitor logs at each probe and what analyze.py reports, by the same code.
-    ``token_classes``: the class of each vocabulary id (``metrics.tokens.vocabulary_classes``)."""
+    ``token_classes``: the class of each vocabulary id (``metrics.tokens.vocabulary_classes``);
+    probe_fields: the thresholds and the data's domains (``data_domains``), see ``Probe``."""
     result = probe(model, idx)
     positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
-    return result, run_measures(Probe(result, model, positions, **thresholds))
+    return result, run_measures(Probe(result, model, positions, **probe_fields))

@@ -1,5 +1,5 @@
 """Offline comparison report of finished (or crashed) runs: one table row per attention variant,
-mean ± std over seeds with Welch's t-test against a baseline, and three figures.
+mean ± std over seeds with Welch's t-test against a baseline, and four figures.
 
     python -m outliers.report DIR [DIR ...] [--out OUT] [--baseline softmax]
 
@@ -8,8 +8,8 @@ depth 3 for folders with ``.hydra/config.yaml``, ``metrics.csv`` or ``FAILED``).
 read from ``.hydra/config.yaml``, ``metrics.csv`` and ``summary.json`` (names: docs/metrics.md,
 docs/compression.md); a run without a final validation in its summary is "crashed/unfinished":
 its curves are drawn, it stays out of the table and is listed with the reason. Writes
-``OUT/report.md`` with ``loss_curves.png``, ``outliers_vs_step.png`` and ``layer_profile.png``
-next to it (default OUT: ``DIR/report`` for one DIR, ``./report`` for several).
+``OUT/report.md`` with ``loss_curves.png``, ``outliers_vs_step.png``, ``layer_profile.png`` and
+``extreme_tokens.png`` next to it (default OUT: ``DIR/report`` for one DIR, ``./report`` for several).
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ from collections.abc import Iterable
 import outliers.monitor  # noqa: F401  (declares the convergence metrics)
 import outliers.compression  # noqa: F401  (declares the compression protocols' ppl ratios)
 import outliers.metrics  # noqa: F401  (declares the probe measures)
-from outliers.metrics.registry import Metric, declared, get
+from outliers.metrics.registry import Metric, declared, expand, get
 
 TOKENS_TO = re.compile(r"^convergence/tokens_to_(.+)$")
 PPL_RATIO = re.compile(r"^compress/(.+)/ppl_ratio$")
 LAYER_KEY = re.compile(r"^outliers/act/(top1|median)/layer_(\d+)$")
+# Guo et al.'s residual-state peak and value-state drain of the first token, per layer
+EXTREME_KEY = re.compile(r"^outliers/(act/residual_peak|attn/value_drain)/layer_(\d+)$")
 LOSS_CURVES = ("train/loss", "val/loss")  # logged by Lightning, not declared metrics
 
 
@@ -32,20 +34,23 @@ def declared_key(key: str) -> str:
                        f"(declared: {', '.join(m.key for m in declared())})") from None
 
 
-def column_metrics() -> list[Metric]:
-    """Metrics with a report-table column header, in section then declaration order."""
-    return [m for m in declared() if m.column is not None]
+def column_metrics(found: Iterable[str] = ()) -> list[Metric]:
+    """Metrics with a report-table column header, in section then declaration order; a
+    per-domain template gives a column for each domain among the found summary keys."""
+    return [m for m in expand(declared(), found) if m.column is not None]
 
 
-def panel_metrics() -> list[Metric]:
-    """Metrics drawn over steps in outliers_vs_step.png, one panel each."""
-    return [m for m in declared() if m.panel]
+def panel_metrics(found: Iterable[str] = ()) -> list[Metric]:
+    """Metrics drawn over steps in outliers_vs_step.png, one panel each; templates expand
+    to the domains among the found curve keys."""
+    return [m for m in expand(declared(), found) if m.panel]
 
 
 def is_curve(key: str) -> bool:
-    """Whether a metrics.csv column is read: the losses, the panels, the per-layer profile."""
-    return (key in LOSS_CURVES or LAYER_KEY.match(key) is not None
-            or key in {m.key for m in panel_metrics()})
+    """Whether a metrics.csv column is read: the losses, the panels (any domain), the
+    per-layer profiles."""
+    return (key in LOSS_CURVES or LAYER_KEY.match(key) is not None or EXTREME_KEY.match(key) is not None
+            or any(m.panel and m.matches(key) for m in declared()))
 
 
 def ratio_columns(found: Iterable[str], shown: Iterable[str]) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
-"""The report's three figures: validation loss over steps, the declared outlier panels over
-steps, and the per-layer profile at the last measurement; one line per variant (mean over
-seeds), in the shared figure style of ``outliers.figure_style``.
+"""The report's figures: validation loss over steps, the declared outlier panels over
+steps, the per-layer profile and the first token's residual-state peak and value-state drain
+per layer at the last measurement; one line per variant (mean over seeds), in the shared
+figure style of ``outliers.figure_style``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from outliers import figure_style as style
-from outliers.report.declarations import LAYER_KEY, panel_metrics
+from outliers.report.declarations import EXTREME_KEY, LAYER_KEY, panel_metrics
 from outliers.report.load import Run
 from outliers.report.table import Group
 
-FIGURES = ("loss_curves", "outliers_vs_step", "layer_profile")
+FIGURES = ("loss_curves", "outliers_vs_step", "layer_profile", "extreme_tokens")
 
 
 def _curve_runs(group: Group) -> list[Run]:
@@ -95,7 +96,7 @@ def loss_curves_figure(groups: list[Group], colors: dict, markers: dict) -> Figu
 def outliers_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
     """One panel per declared panel metric (titled with its declared title), a line per
     variant (mean over seeds); the last panel holds the legend."""
-    panels = panel_metrics()
+    panels = panel_metrics({key for g in groups for r in _curve_runs(g) for key in r.curves})
     cols = (len(panels) + 2) // 2  # two rows, one more panel for the legend
     fig = style.new_figure(4.3 * cols, 7.0)
     fig.suptitle("Outlier metrics over training (mean over seeds)")
@@ -125,11 +126,11 @@ def outliers_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
     return fig
 
 
-def _last_layer_values(run: Run, stat: str) -> dict[int, float]:
-    """Per-layer value of `stat` (top1/median) at the last step it was logged."""
+def _last_layer_values(run: Run, stat: str, pattern=LAYER_KEY) -> dict[int, float]:
+    """Per-layer value of `stat` (a pattern's first group, e.g. top1) at the last step it was logged."""
     out = {}
     for key, (steps, values) in run.curves.items():
-        match = LAYER_KEY.match(key)
+        match = pattern.match(key)
         if match and match.group(1) == stat and len(values):
             out[int(match.group(2))] = float(values[-1])
     return out
@@ -174,10 +175,46 @@ def layer_profile_figure(groups: list[Group], colors: dict, markers: dict) -> Fi
     return fig
 
 
+EXTREME_PANELS = (("act/residual_peak", "residual-state peak ||h_0|| / median_j ||h_j||"),
+                  ("attn/value_drain", "value-state drain ||v_0|| / median_j ||v_j||"))
+
+
+def extreme_tokens_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
+    """Guo et al.'s residual-state peak (block output) and value-state drain (mean over heads)
+    of the first token per layer, at the last measurement; a line per variant (mean over
+    seeds), log y. A peak is a ratio far above 1, a drain one far below 1."""
+    fig = style.new_figure(13.0, 4.8)
+    fig.suptitle("First token against the others, per layer, at the last measurement (mean over seeds)")
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(len(EXTREME_PANELS))]
+    handles = {}
+    for ax, (stat, title) in zip(axes, EXTREME_PANELS):
+        ax.set_title(title, fontsize=10)
+        drawn = False
+        for group in groups:
+            per_run = [_last_layer_values(r, stat, EXTREME_KEY) for r in _curve_runs(group)]
+            layers = sorted({layer for values in per_run for layer in values})
+            if not layers:
+                continue
+            mean = pd.DataFrame(per_run, columns=layers).mean().to_numpy(dtype=float)
+            (line,) = ax.plot(layers, mean, color=colors[group.label], marker=markers[group.label],
+                              markersize=5, linewidth=1.6, label=group.label)
+            handles.setdefault(group.label, line)
+            drawn = True
+        if drawn:
+            style.layer_axes(ax, "ratio (log)")
+            ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+        else:
+            style.no_data(ax, f"no per-layer outliers/{stat} logged")
+    if handles:
+        style.outside_legend(fig, list(handles.values()), list(handles))
+    return fig
+
+
 def make_figures(groups: list[Group]) -> dict[str, Figure]:
-    """The three figures by name (FIGURES), with one colour and marker per variant in all."""
+    """The figures by name (FIGURES), with one colour and marker per variant in all."""
     labels = [g.label for g in groups]
     colors, markers = style.colors(labels), style.markers(labels)
     return {"loss_curves": loss_curves_figure(groups, colors, markers),
             "outliers_vs_step": outliers_figure(groups, colors, markers),
-            "layer_profile": layer_profile_figure(groups, colors, markers)}
+            "layer_profile": layer_profile_figure(groups, colors, markers),
+            "extreme_tokens": extreme_tokens_figure(groups, colors, markers)}

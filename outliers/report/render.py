@@ -126,6 +126,8 @@ FIGURE_HEADINGS = {  # figure name -> (heading, alt text) in report.md
     "loss_curves": ("Loss curves", "Validation loss vs step"),
     "outliers_vs_step": ("Outlier metrics over training", "Outlier metrics vs step"),
     "layer_profile": ("Per-layer profile", "Per-layer top-1 and median |h|"),
+    "extreme_tokens": ("First-token residual peak and value drain per layer",
+                       "Residual-state peak and value-state drain of the first token per layer"),
 }
 
 

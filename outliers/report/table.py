@@ -120,12 +120,12 @@ def table_columns(groups: list[Group]) -> tuple[list[Column], str | None]:
     better in every one of them. Order: the declared columns (section, then declaration
     order) with tokens-to-target at TOKENS_COLUMN_INDEX, then the ppl ratios of compression
     protocols without a header that the summaries hold."""
-    columns = [Column(m.key, m.column) for m in column_metrics()]
+    found = {key for g in groups for r in g.complete for key in r.summary}
+    columns = [Column(m.key, m.column) for m in column_metrics(found)]
     target = choose_tokens_target(groups)
     if target is not None:
         columns.insert(TOKENS_COLUMN_INDEX, Column(f"convergence/tokens_to_{target}",
                                                    f"tokens to val loss ≤ {target}", "tokens"))
-    found = {key for g in groups for r in g.complete for key in r.summary}
     columns += [Column(key, header) for key, header in ratio_columns(found, shown=[c.key for c in columns])]
     return [c for c in columns if any(g.values(c.key) for g in groups)], target
 
