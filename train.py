@@ -156,7 +156,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         console().print(
             f"[bold green]Done.[/] final val loss {final['val/loss']:.4f} (ppl {final['val/ppl']:.3f}); "
-            f"unigram baseline {datamodule.unigram_loss:.4f}\n"
+            f"unigram baseline {datamodule.unigram_loss:.4f}"
+            + (f", optimum {datamodule.optimum_loss:.4f}" if hasattr(datamodule, "optimum_loss") else "") + "\n"
             f"[bold]Outputs:[/] {escape(str(output_dir))}  (metrics.csv, summary.json, plots/, checkpoints/)"
         )
     return final

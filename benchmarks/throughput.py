@@ -81,7 +81,8 @@ def plain_tokens_per_s(model: str, warmup: int, timed: int) -> float:
     decay = [p for p in gpt.parameters() if p.dim() >= 2]
     rest = [p for p in gpt.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.optim.lr,
+                            betas=tuple(cfg.optim.optimizer.betas))
     batches = RandomWindowBatches(dm.train_tokens, cfg.data.block_size, cfg.data.batch_size, warmup + timed, 0)
     gpt.train()
     for i in range(warmup + timed):

@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.backcopy_chain import BackcopyChain, entropy, read_source
-from data.datamodule import ResumableSampler
+from data.datamodule import resumable_train_loader
 from errors import ConfigError
 
 TRAIN, VAL, CALIBRATION, PROBE = range(4)  # the generator streams: np.random.default_rng((seed, stream, ...))
@@ -186,18 +186,8 @@ class BigramBackcopyDataModule(L.LightningDataModule):
         return list(self.val_dataloader())
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        accumulate = trainer.accumulate_grad_batches if trainer else 1
-        max_steps = trainer.max_steps if trainer else -1
-        if max_steps is None or max_steps <= 0:
-            raise ConfigError("trainer.max_steps must be set (> 0): training samples random sequences, not epochs")
-        dataset = GeneratedBatches(self.chain, self.seed, TRAIN, self.batch_size, max_steps * accumulate,
-                                   rank=trainer.global_rank if trainer else 0,
-                                   world_size=trainer.world_size if trainer else 1)
-        # Resume: start after the batches that the restored optimizer steps consumed.
-        start = trainer.global_step * accumulate if trainer else 0
-        return DataLoader(dataset, batch_size=None, sampler=ResumableSampler(len(dataset), start),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return resumable_train_loader(self.trainer, lambda count, rank, world_size: GeneratedBatches(
+            self.chain, self.seed, TRAIN, self.batch_size, count, rank=rank, world_size=world_size), self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         dataset = GeneratedBatches(self.chain, self.seed, VAL, self.batch_size, self.val_batches)

@@ -76,6 +76,21 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int, bos: int |
     return x, chunk[:, :block_size]
 
 
+def resumable_train_loader(trainer, build, num_workers: int = 0) -> DataLoader:
+    """The training loader of a data module whose batch i is a pure function of its seed and
+    i: ``build(num_batches, rank, world_size)`` makes the dataset (one item = one batch), and
+    the sampler starts after the batches that the restored optimizer steps consumed, so a
+    resumed run sees exactly the batches of an uninterrupted one."""
+    accumulate = trainer.accumulate_grad_batches if trainer else 1
+    max_steps = trainer.max_steps if trainer else -1
+    if max_steps is None or max_steps <= 0:
+        raise ConfigError("trainer.max_steps must be set (> 0): training samples random batches, not epochs")
+    dataset = build(max_steps * accumulate, trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1)
+    start = trainer.global_step * accumulate if trainer else 0
+    return DataLoader(dataset, batch_size=None, sampler=ResumableSampler(len(dataset), start),
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
 class ResumableSampler(Sampler[int]):
     """Indices ``start .. length-1``. Its length stays ``length`` so that progress bars
     count from the restored position towards the full run."""
@@ -235,21 +250,9 @@ class TextDataModule(L.LightningDataModule):
         return list(self.val_dataloader())
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        accumulate = trainer.accumulate_grad_batches if trainer else 1
-        max_steps = trainer.max_steps if trainer else -1
-        if max_steps is None or max_steps <= 0:
-            raise ConfigError("trainer.max_steps must be set (> 0): training samples random windows, not epochs")
-        dataset = RandomWindowBatches(
-            self.train_tokens, self.block_size, self.batch_size, max_steps * accumulate, self.seed,
-            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1, bos=self.bos,
-        )
-        # Resume: start after the batches that the restored optimizer steps consumed.
-        start = trainer.global_step * accumulate if trainer else 0
-        return DataLoader(
-            dataset, batch_size=None, sampler=ResumableSampler(len(dataset), start),
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )
+        return resumable_train_loader(self.trainer, lambda count, rank, world_size: RandomWindowBatches(
+            self.train_tokens, self.block_size, self.batch_size, count, self.seed, rank=rank,
+            world_size=world_size, bos=self.bos), self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         dataset = FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size, self.bos)

@@ -54,10 +54,14 @@ def load_model(path: str | Path, nanogpt: Mapping | None = None) -> tuple[GPT, d
         return module.model, checkpoint.get("data_config")
     nanogpt = dict(nanogpt or {})
     state_dict = checkpoint.get("model", checkpoint)
-    n_head = (checkpoint.get("model_args") or {}).get("n_head") or nanogpt.get("n_head")
+    model_args = checkpoint.get("model_args") or {}
+    n_head = model_args.get("n_head") or nanogpt.get("n_head")
     if not n_head:
         raise ConfigError(f"{path} looks like a nanoGPT state dict without model_args: set nanogpt.n_head")
-    return GPT.from_nanogpt(state_dict, n_head=int(n_head), attention=nanogpt.get("attention", "softmax")), None
+    norm_options = {key: source[key] for source in (model_args, nanogpt) for key in ("qk_norm", "norm_scale")
+                    if key in source}  # from_nanogpt refuses them: nanoGPT has neither
+    return GPT.from_nanogpt(state_dict, n_head=int(n_head), attention=nanogpt.get("attention", "softmax"),
+                            **norm_options), None
 
 
 def data_config(saved: Mapping | None, given: Mapping | None) -> dict | None:

@@ -1,5 +1,7 @@
 """A nanoGPT-style GPT: pre-norm blocks, learned positions, GELU MLP, tied embeddings.
 ``style="llama"`` swaps in RMSNorm, rotary positions, a SwiGLU MLP and no biases.
+``norm_scale="single"`` gives every norm (ln_1, ln_2, ln_f) one scalar gain instead of a
+per-channel one, and ``qk_norm=True`` RMS-normalises each head's q and k (models/norms.py).
 
 Activations that no module returns are passed through named ``nn.Identity`` modules, so that
 a forward hook reaches them without touching the model's code: ``transformer.emb_out`` (the
@@ -25,6 +27,7 @@ from torch.nn import functional as F
 
 from models.attention import build_attention, get_attention_class
 from models.attention.base import rope_tables
+from models.norms import build_norm, check_norm_options
 from errors import ConfigError
 
 
@@ -62,21 +65,17 @@ class SwiGLU(nn.Module):
         return self.dropout(self.c_proj(self.act_out(F.silu(gate) * up)))
 
 
-def norm(style: str, n_embd: int, bias: bool) -> nn.Module:
-    return nn.LayerNorm(n_embd, bias=bias) if style == "gpt2" else nn.RMSNorm(n_embd, eps=1e-5)
-
-
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, block_size: int, bias: bool, dropout: float, layer_idx: int,
-                 attention: Mapping, style: str = "gpt2"):
+                 attention: Mapping, style: str = "gpt2", qk_norm: bool = False, norm_scale: str = "channel"):
         super().__init__()
         options = {key: value for key, value in attention.items() if key != "name"}
-        self.ln_1 = norm(style, n_embd, bias)
+        self.ln_1 = build_norm(style, n_embd, bias, norm_scale)
         self.attn = build_attention(
             attention["name"], n_embd=n_embd, n_head=n_head, block_size=block_size, bias=bias,
-            dropout=dropout, layer_idx=layer_idx, **options,
+            dropout=dropout, layer_idx=layer_idx, qk_norm=qk_norm, **options,
         )
-        self.ln_2 = norm(style, n_embd, bias)
+        self.ln_2 = build_norm(style, n_embd, bias, norm_scale)
         self.mlp = MLP(n_embd, bias, dropout) if style == "gpt2" else SwiGLU(n_embd, dropout)
         self.resid_attn, self.resid_mlp = nn.Identity(), nn.Identity()  # the residual sums, for hooks
 
@@ -98,12 +97,15 @@ class GPT(nn.Module):
         attention: Mapping | None = None,
         style: str = "gpt2",
         name: str = "custom",
+        qk_norm: bool = False,
+        norm_scale: str = "channel",
     ):
         super().__init__()
         attention = dict(attention or {"name": "softmax"})
         _validate(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
         if style not in STYLES:
             raise ConfigError(f"unknown model.style {style!r}; choose one of {', '.join(STYLES)}")
+        check_norm_options(norm_scale, qk_norm)
         bias = bias and style == "gpt2"  # LLaMA style has no biases
         if "name" not in attention:
             raise ConfigError("the attention config needs a 'name', e.g. attention=softmax")
@@ -111,6 +113,7 @@ class GPT(nn.Module):
         self.config = dict(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
             n_embd=n_embd, dropout=dropout, bias=bias, attention=attention, style=style, name=name,
+            qk_norm=qk_norm, norm_scale=norm_scale,
         )
         self.block_size, self.style = block_size, style
         layers = dict(
@@ -118,9 +121,10 @@ class GPT(nn.Module):
             emb_out=nn.Identity(),  # the embedding sum, for hooks (module docstring)
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(
-                Block(n_embd, n_head, block_size, bias, dropout, i, attention, style) for i in range(n_layer)
+                Block(n_embd, n_head, block_size, bias, dropout, i, attention, style, qk_norm, norm_scale)
+                for i in range(n_layer)
             ),
-            ln_f=norm(style, n_embd, bias),
+            ln_f=build_norm(style, n_embd, bias, norm_scale),
         )
         if style == "gpt2":
             layers["wpe"] = nn.Embedding(block_size, n_embd)
@@ -170,15 +174,23 @@ class GPT(nn.Module):
 
     @classmethod
     def from_nanogpt(
-        cls, state_dict: Mapping[str, torch.Tensor], n_head: int, attention: str | Mapping = "softmax", dropout: float = 0.0
+        cls, state_dict: Mapping[str, torch.Tensor], n_head: int, attention: str | Mapping = "softmax",
+        dropout: float = 0.0, qk_norm: bool = False, norm_scale: str = "channel",
     ) -> GPT:
         """Build a GPT from a nanoGPT-format state dict, inferring every size but ``n_head``.
 
         Accepts the seed paper's variant keys (``.attn.context_scale.0.*``, ``.attn.v_bias``,
         ``.attn.k_bias``) and strips the ``_orig_mod.`` prefix left by ``torch.compile``.
-        nanoGPT's causal-mask buffer (``.attn.bias``, 4-D) is ignored.
+        nanoGPT's causal-mask buffer (``.attn.bias``, 4-D) is ignored. nanoGPT has per-channel
+        norms and no q/k norm: ``qk_norm=True`` or ``norm_scale="single"``, asked for or found
+        in the state dict, is a ConfigError (train.py checkpoints record both options).
         """
         sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+        ln = sd.get("transformer.h.0.ln_1.weight")
+        single = ln is not None and ln.numel() == 1
+        if qk_norm or norm_scale != "channel" or single or any(".q_norm." in k for k in sd):
+            raise ConfigError("a nanoGPT checkpoint has per-channel norms and no q/k norm: model.qk_norm=true "
+                              "and model.norm_scale=single cannot be loaded from one (load the train.py checkpoint)")
         sd = {k: v for k, v in sd.items() if not (k.endswith(".attn.bias") and v.dim() == 4)}
         for key in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight"):
             if key not in sd:

@@ -1,5 +1,6 @@
-"""The LightningModule: loss, optimizer (AdamW, decay on matrices only), warmup + cosine
-schedule, logging, the non-finite loss guard, and RNG state in checkpoints."""
+"""The LightningModule: loss, optimizer (configs/optim/, built by models/optim; decay on
+matrices only), warmup + cosine schedule, logging, the non-finite loss guard, and RNG state in
+checkpoints."""
 
 from __future__ import annotations
 
@@ -13,31 +14,39 @@ from torchmetrics import MeanMetric
 
 from errors import ConfigError
 from models.gpt import GPT
+from models.optim import build_optimizer, optimizer_spec, weight_decay_groups
+from models.regularizers import Penalties
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW (weight decay on matrices only) and its warmup + cosine schedule down to min_lr.
-    The keys are declared here and their values in one place, the ``optim`` block of
-    configs/train.yaml, so that a default is never written twice."""
+    """The warmup + cosine schedule down to min_lr, shared by every optimizer (its values: the
+    ``optim`` block of configs/train.yaml), and the optimizer: ``name`` and ``optimizer``, the
+    Hydra partial of configs/optim/NAME.yaml (models/optim/), called with the weight-decay
+    groups (decay on matrices only) and ``lr``."""
 
     lr: float
     min_lr: float
     weight_decay: float
-    betas: list[float]
     warmup_steps: int
     decay_steps: int | None
+    name: str
+    optimizer: dict
 
     @classmethod
     def from_mapping(cls, optim: Mapping) -> OptimConfig:
         """Exactly the declared keys: a misspelt one would otherwise be ignored, a missing one fail late."""
+        if "optimizer" not in optim and "betas" in optim:  # a checkpoint from before configs/optim/: AdamW
+            optim = {**{k: v for k, v in optim.items() if k != "betas"}, "name": "adamw", "optimizer": {
+                "_target_": "torch.optim.AdamW", "_partial_": True, "betas": list(optim["betas"])}}
         valid = [f.name for f in fields(cls)]
         unknown, missing = set(optim) - set(valid), set(valid) - set(optim)
         if unknown:
-            raise ConfigError(f"unknown optim keys {sorted(unknown)}; valid: {', '.join(valid)}")
+            hint = " (optimizer settings go under optim.optimizer)" if "optimizer" in optim else ""
+            raise ConfigError(f"unknown optim keys {sorted(unknown)}; valid: {', '.join(valid)}{hint}")
         if missing:
             raise ConfigError(f"missing optim keys {sorted(missing)}; needed: {', '.join(valid)}")
-        return cls(**{**optim, "betas": list(optim["betas"])})
+        return cls(**{**optim, "optimizer": optimizer_spec(optim["optimizer"])})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,12 +66,14 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
 
 
 class LitGPT(L.LightningModule):
-    def __init__(self, model: GPT | Mapping, optim: Mapping):
+    def __init__(self, model: GPT | Mapping, optim: Mapping, regularizer: Mapping | None = None):
         super().__init__()
         self.model = model if isinstance(model, GPT) else GPT(**model)
+        self.penalties = Penalties(regularizer)  # the outlier penalties (models/regularizers.py); none by default
         self.optim = OptimConfig.from_mapping(optim)
         # Plain containers only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(dict(model=self.model.config, optim=asdict(self.optim)))
+        self.hparams["regularizer"] = self.penalties.config()  # plain too: {} without penalties
         self.val_loss = MeanMetric()
 
     @property
@@ -78,16 +89,24 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.model.loss(x, y)
-        finite = bool(torch.isfinite(loss))
+        with self.penalties.capture(self.model):  # forward hooks, only for penalties that read activations
+            loss = self.model.loss(x, y)
+        total, sync = loss, self.trainer.world_size > 1
+        for name, (value, weighted) in self.penalties.terms(self.model).items():
+            self.log(f"train/penalty/{name}", value.detach(), sync_dist=sync)
+            self.log(f"train/penalty/{name}/weighted", 0.0 if weighted is None else weighted.detach(), sync_dist=sync)
+            total = total if weighted is None else total + weighted
+        finite = bool(torch.isfinite(total))
         if self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            raise NonFiniteLossError(self.global_step, loss.item())
+            raise NonFiniteLossError(self.global_step, total.item())
         tokens = (self.global_step + 1) * x.numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)  # the global mean
+        self.log("train/loss", loss, prog_bar=True, sync_dist=sync)  # the cross-entropy, the global mean
+        if self.penalties.items:
+            self.log("train/loss_total", total, sync_dist=sync)  # what is minimised: loss + the weighted penalties
         self.log("train/tokens", float(tokens))
-        return loss
+        return total
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -101,11 +120,8 @@ class LitGPT(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.optim
-        matrices = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        others = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": matrices, "weight_decay": hp.weight_decay}, {"params": others, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        groups = weight_decay_groups(self.model, hp.weight_decay)
+        optimizer = build_optimizer(hp.optimizer, groups, hp.lr, fused=self.device.type == "cuda", model=self.model)
         decay_steps = hp.decay_steps or max(1, self.trainer.max_steps)
         ratio = hp.min_lr / hp.lr
         warmup = min(hp.warmup_steps, decay_steps // 10)  # short smoke runs still get to train

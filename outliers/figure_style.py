@@ -79,6 +79,9 @@ def layer_axes(ax, ylabel: str) -> None:
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one or two layers: whole-number ticks need some room
+        ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
     ax.grid(True, which="major", alpha=0.3)
 
 

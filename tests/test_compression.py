@@ -28,13 +28,7 @@ DECLARED = ("ppl_ratio", "kl", "top1_agreement")  # declared metrics of every pr
 METRICS = ("ppl", *DECLARED)  # logged per protocol
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and immune to a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_gpt(seed: int = 0, **kwargs) -> GPT:

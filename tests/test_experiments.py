@@ -19,8 +19,8 @@ def test_gpt2_paper_recipe_matches_the_seed_paper(tmp_path):
     assert cfg.data.corpus.path == "Skylion007/openwebtext" and cfg.data.tokenizer == "gpt2"
     assert cfg.data.max_tokens is None  # the whole corpus, not the 1B-token cap of data=openwebtext
     o = cfg.optim
-    assert (o.lr, o.min_lr, list(o.betas), o.weight_decay, o.warmup_steps, o.decay_steps) == (
-        6e-4, 6e-5, [0.9, 0.95], 0.1, 2000, 600_000)
+    assert (o.name, o.lr, o.min_lr, list(o.optimizer.betas), o.weight_decay, o.warmup_steps, o.decay_steps) == (
+        "adamw", 6e-4, 6e-5, [0.9, 0.95], 0.1, 2000, 600_000)
     assert cfg.model.bias is False  # the seed code trains without biases
     assert cfg.trainer.max_steps == 50_000 and cfg.trainer.precision == "bf16-mixed"
     assert cfg.trainer.accelerator == "gpu"

@@ -126,3 +126,33 @@ def test_the_report_shows_a_column_and_a_panel_per_domain(tmp_path: Path):
     fig = report.make_figures(report.group_runs([run], "softmax"))["outliers_vs_step"]
     titles = [ax.get_title() for ax in fig.axes]
     assert "first-token share, dormant queries (max)" in titles
+
+
+def test_the_report_can_draw_only_some_panels(tmp_path: Path):
+    run_dir = tmp_path / "sweep" / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("attention: {name: softmax}\nseed: 0\n")
+    (run_dir / "metrics.csv").write_text("step,train/loss,outliers/domain/dormant/first_token_share,"
+                                         "outliers/attn/sink_rate\n0,5,0.1,0.0\n9,4,0.9,0.5\n")
+    (run_dir / "summary.json").write_text('{"convergence/final_val_loss": 1.0}')
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "sweep"), "--out", str(out), "--panels", "outliers/domain/*"]) == 0
+    fig = report.make_figures(report.group_runs(report.load_runs([tmp_path / "sweep"]), "softmax"),
+                              ["outliers/domain/*"])["outliers_vs_step"]
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["first-token share, dormant queries (max)"]
+    assert (out / "outliers_vs_step.png").is_file()
+
+
+@pytest.mark.parametrize("attention, extra", [("explicit_scale", "scale"), ("gated", "gate"), ("attn_bias", "slot_weight")])
+def test_a_variant_s_own_per_query_values_are_averaged_per_domain(attention, extra):
+    """explicit_scale's S(x) is (B, T, H), attn_bias's slot weight (B, H, T): both layouts."""
+    model = tiny_gpt(attention)
+    idx = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(4))
+    queries = idx % 2 == 0
+    result, metrics = measure_model(model, idx, domains={"even": queries})
+    value = result.attention[0][extra].float()
+    per_query = value.transpose(1, 2) if value.shape[1] == 2 and value.shape[2] == 12 else value  # -> (B, T, ...)
+    expected = per_query.reshape(3, 12, -1).mean(-1)[queries].mean().item()
+    assert metrics[f"outliers/domain/even/{extra}/layer_0"] == pytest.approx(expected, rel=1e-5)
+    # and it is not the unmasked mean
+    assert metrics[f"outliers/domain/even/{extra}/layer_0"] != pytest.approx(per_query.mean().item(), rel=1e-4)

@@ -506,3 +506,30 @@ def test_metrics_csv_resumed_run_later_row_wins(tmp_path):
     assert run.curves["val/loss"][1].tolist() == [3.9, 3.3]
     assert "lr" not in run.curves and run.curves["outliers/act/avg_kurtosis"][0].tolist() == [9, 20]
     assert run.steps_done == 20
+
+
+def test_runs_are_grouped_by_every_swept_key_and_tested_within_their_setting():
+    def run(variant, optim, seed, loss, extra=()):
+        overrides = [f"attention={variant}", f"seed={seed}", "+experiment=x", *([f"optim={optim}"] if optim else []),
+                     *extra]
+        return report.Run(path=Path(f"{variant}{optim}{seed}"), name="r", variant=variant, seed=seed,
+                          overrides=report.load.parse_overrides(overrides),
+                          summary={"convergence/final_val_loss": loss})
+
+    runs = [run(v, o, s, base + 0.01 * s) for v, base in (("softmax", 1.0), ("explicit_scale", 2.0))
+            for o in ("adamw", "sgd") for s in range(3)]
+    runs += [run("differential", "adamw", s, 3.0, extra=("model.n_head=2",)) for s in range(2)]
+    groups = report.group_runs(runs, "softmax")
+    labels = [g.label for g in groups]
+    assert labels[:2] == ["softmax (optim=adamw)", "explicit_scale (optim=adamw)"]
+    assert "differential (model.n_head=2, optim=adamw)" in labels and "softmax (optim=sgd)" in labels
+    table = report.build_table(groups, "softmax")
+    # explicit_scale with sgd is tested against softmax with sgd (same setting), not with adamw
+    sgd = next(g for g in groups if g.label == "explicit_scale (optim=sgd)")
+    assert table.baseline_of(sgd).label == "softmax (optim=sgd)"
+    assert table.cells[sgd.label, "convergence/final_val_loss"].p < 0.01
+    # no softmax run has the differential's setting: no test rather than a mismatched one
+    diff = next(g for g in groups if g.variant == "differential")
+    assert table.baseline_of(diff) is None and table.cells[diff.label, "convergence/final_val_loss"].p is None
+    # the same variant and setting in two sweeps is one group
+    assert len(next(g for g in groups if g.label == "softmax (optim=adamw)").runs) == 3

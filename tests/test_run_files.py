@@ -9,6 +9,7 @@ import csv
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
 
 import train
 from errors import ConfigError
@@ -51,13 +52,13 @@ def test_load_checkpoint_returns_the_dict(tmp_path):
 
 
 def test_optim_keys_are_checked_and_saved_as_plain_containers(tmp_path):
-    optim = dict(compose_train(tmp_path).optim)
+    optim = OmegaConf.to_container(compose_train(tmp_path).optim, resolve=True)
     with pytest.raises(ConfigError, match=r"unknown optim keys \['lr_max'\]; valid: lr, min_lr, weight_decay"):
         LitGPT(TINY_MODEL, {**optim, "lr_max": 1.0})
     with pytest.raises(ConfigError, match=r"missing optim keys \['decay_steps'\]"):
         LitGPT(TINY_MODEL, {k: v for k, v in optim.items() if k != "decay_steps"})
-    module = LitGPT(TINY_MODEL, {**optim, "betas": (0.8, 0.9)})
-    assert module.hparams["optim"] == {**optim, "betas": [0.8, 0.9]}
+    module = LitGPT(TINY_MODEL, {**optim, "optimizer": {**optim["optimizer"], "betas": (0.8, 0.9)}})
+    assert module.hparams["optim"] == {**optim, "optimizer": {**optim["optimizer"], "betas": [0.8, 0.9]}}
     torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "hp.ckpt")
     restored = LitGPT(**torch.load(tmp_path / "hp.ckpt", weights_only=True)["hyper_parameters"])
     assert restored.optim == module.optim

@@ -8,6 +8,7 @@ from torch import nn
 
 import kernels
 from errors import ConfigError
+from models import norms
 
 
 class CausalSelfAttention(nn.Module):
@@ -20,6 +21,11 @@ class CausalSelfAttention(nn.Module):
     ``values`` (B, H, T, d).
     Set ``module.probe = True`` to run the exact (eager) path and keep those extras in
     ``module.probe_out`` after each forward.
+
+    ``qk_norm=True`` (``model.qk_norm``) normalises q and k right after the head split,
+    before rotary positions, so every variant's ``attend`` (and its reference, through
+    ``reference.qkv``) sees normalised queries and keys; learned slot keys (attn_bias,
+    ca_bias) are parameters and stay as they are.
 
     Two identity modules expose activations to forward hooks (the W8A8 protocol of
     outliers/compression/ quantizes there): ``attn_out``, the per-head output o (B, H, T, d)
@@ -57,6 +63,7 @@ class CausalSelfAttention(nn.Module):
         dropout: float = 0.0,
         layer_idx: int = 0,
         backend: str = "auto",
+        qk_norm: bool = False,
     ):
         super().__init__()
         if n_head <= 0 or n_embd <= 0 or n_embd % n_head:
@@ -69,6 +76,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        # model.qk_norm (models/norms.py): RMSNorm of q and of k over each head's d channels
+        self.q_norm = norms.qk_norm(self.head_dim) if qk_norm else None
+        self.k_norm = norms.qk_norm(self.head_dim) if qk_norm else None
         self.attn_probs, self.attn_out = nn.Identity(), nn.Identity()  # for hooks (class docstring)
         self.expose_probs = False
         self.probe = False
@@ -100,6 +110,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        if self.q_norm is not None:  # before rotary positions, as Qwen3 (models/norms.py)
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         o, extras = self.attend(q, k, v, x, self.probe)

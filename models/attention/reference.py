@@ -33,11 +33,20 @@ def rotate(t, rope):
     return t * cos + torch.cat([-t2, t1], dim=-1) * sin
 
 
+def rms_norm(t, gain, eps):
+    """t / sqrt(mean(t^2) + eps) * gain over the last dimension, by hand."""
+    return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + eps) * gain
+
+
 def qkv(module, x, rope):
-    """q, k, v of the module's c_attn, rotated when rope is given."""
+    """q, k, v of the module's c_attn; q and k RMS-normalised per head with the module's
+    q_norm / k_norm gains when it has them (model.qk_norm), then rotated when rope is given."""
     c, d = module.n_embd, module.head_dim
     out = linear(module.c_attn, x)
     q, k, v = (split_heads(out[..., i * c : (i + 1) * c], d) for i in range(3))
+    if getattr(module, "q_norm", None) is not None:
+        q = rms_norm(q, module.q_norm.weight, module.q_norm.eps)
+        k = rms_norm(k, module.k_norm.weight, module.k_norm.eps)
     if rope is not None:
         q, k = rotate(q, rope), rotate(k, rope)
     return q, k, v

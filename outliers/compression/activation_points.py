@@ -6,7 +6,8 @@ The points, forward hooks on the outputs of these modules of a working copy:
 - every nn.Linear, except the MLP's ``c_fc``, which they fuse with its activation function
   (fc1 and its ReLU quantized once, after the ReLU): it is quantized at ``mlp.act_out``,
   the hidden activation that ``c_proj`` reads; and except the output head with ``keep_head_fp``;
-- every LayerNorm and RMSNorm (ln_1, ln_2, ln_f; differential's per-head subln);
+- every norm (models.norms.NORMS: LayerNorm, RMSNorm, single-scale): ln_1, ln_2, ln_f;
+  differential's per-head subln; with ``model.qk_norm`` each attention's q_norm and k_norm;
 - every nn.Identity, the points that models/gpt.py and models/attention/base.py expose:
   the embedding sum ``transformer.emb_out``, the residual sums ``resid_attn`` and
   ``resid_mlp``, ``mlp.act_out``, and in the attention ``attn_out`` (P V, what c_proj reads)
@@ -29,11 +30,12 @@ from collections.abc import Iterable
 from torch import nn
 
 from models.attention.base import CausalSelfAttention
+from models.norms import NORMS
 from outliers.compression.passes import HEAD, forward_all, token_ids
 from outliers.compression.quantizers import quantize_asymmetric
 from outliers.compression.ranges import RunningRange
 
-POINT_MODULES = (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Identity)
+POINT_MODULES = (nn.Linear, *NORMS, nn.Identity)
 FUSED_WITH_ACTIVATION = "mlp.c_fc"  # quantized after its activation, at mlp.act_out
 
 

@@ -7,6 +7,14 @@ and SwiGLU alike). A reader is an nn.Linear, or a module with ``input_channel_ab
 ((C,): max over outputs of |W[:, c]|) and ``fold_input(shift, scale)`` (in place: the same
 outputs for x' with x = scale * x' + shift). Smoothing never reads a variant's parameters
 itself; a calibration pass checks that every nn.Linear reading a norm's output is declared.
+
+The scale s is folded into the norm's per-channel gain. A single-scale norm
+(``model.norm_scale=single``, models/norms.py) has one scalar gain, into which no per-channel
+factor folds; and the readers cannot absorb it, since s must divide the quantized tensor
+itself. So the working copy first replaces each single-scale ln_1 / ln_2 by the per-channel
+norm that computes the same function (the scalar in every channel: exact, and what an
+inference engine that only has per-channel norms would load), and folds into that. The
+smoothed copy thus has per-channel norms; the model it came from is untouched.
 """
 
 from __future__ import annotations
@@ -16,8 +24,17 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from models.norms import SingleScaleNorm
 from outliers.compression.observers import observe_channel_ranges
 from outliers.compression.passes import linears, token_ids, working_copy
+
+
+def _per_channel_norms(model: nn.Module) -> None:
+    """In place: each block's single-scale ln_1 and ln_2 replaced by its per-channel equal."""
+    for block in model.transformer.h:
+        for name in ("ln_1", "ln_2"):
+            if isinstance(getattr(block, name), SingleScaleNorm):
+                setattr(block, name, getattr(block, name).per_channel())
 
 
 def _norm_readers(model: nn.Module) -> dict[nn.Module, list[nn.Module]]:
@@ -95,8 +112,10 @@ def smooth_shift_scale(model: nn.Module, batches: Iterable, alpha: float = 0.5) 
     calibrated on the per-channel min and max of the norm outputs over the token batches.
     The transform is exact in real arithmetic: the fp32 copy gives the original logits (to
     rounding); only the ranges that a later quantizer sees change. The norm's affine weight
-    is required (LayerNorm or RMSNorm with elementwise_affine)."""
+    is required (LayerNorm or RMSNorm with elementwise_affine); single-scale norms become their
+    per-channel equals first (module docstring)."""
     smoothed = working_copy(model)
+    _per_channel_norms(smoothed)
     readers = _norm_readers(smoothed)
     checks = _check_readers_hooks(smoothed, readers)
     try:

@@ -9,14 +9,15 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from models.norms import NORMS
 from outliers.compression.passes import HEAD, linears, working_copy
 from outliers.compression.quantizers import quantize_symmetric, quantize_to_range
 from outliers.compression.ranges import mse_weight_range
 
 # Modules whose weight Bondarenko et al. quantize (their autoquant_utils.module_map: Linear,
-# LayerNorm, Embedding; RMSNorm is the LayerNorm of the llama style). Biases stay in full
-# precision, as in their QuantizationHijacker.
-WEIGHT_MODULES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+# LayerNorm, Embedding; RMSNorm is the LayerNorm of the llama style, and a single-scale norm's
+# gain is one value). Biases stay in full precision, as in their QuantizationHijacker.
+WEIGHT_MODULES = (nn.Linear, nn.Embedding, *NORMS)
 
 
 def _unique_weights(model: nn.Module, skip_head: bool = False) -> Iterator[tuple[str, nn.Linear]]:

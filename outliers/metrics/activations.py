@@ -20,6 +20,10 @@ import math
 import numpy as np
 import torch
 
+# mu4 / sigma^4 of each row, population moments (not excess): the one formula, shared with the
+# training penalty of models/regularizers.py (re-exported here for outliers/metrics/weights.py)
+from models.regularizers import kurtosis_rows  # noqa: F401
+
 
 def f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float()
@@ -38,12 +42,6 @@ def median_rows(rows: torch.Tensor) -> torch.Tensor:
     n = a.shape[1]
     middle = np.partition(a, [(n - 1) // 2, n // 2], axis=1)
     return torch.from_numpy((middle[:, (n - 1) // 2] + middle[:, n // 2]) / 2).to(rows.device)
-
-
-def kurtosis_rows(rows: torch.Tensor) -> torch.Tensor:
-    """mu4 / sigma^4 of each row with population moments (not excess: a Gaussian gives 3)."""
-    d = rows - rows.mean(dim=1, keepdim=True)
-    return d.pow(4).mean(dim=1) / d.pow(2).mean(dim=1).pow(2)
 
 
 def kurtosis(h: torch.Tensor) -> float:

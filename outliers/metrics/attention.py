@@ -23,7 +23,7 @@ import torch
 from outliers.metrics.activations import f32
 
 
-def _rows_mean(x: torch.Tensor, queries: torch.Tensor | None, dim) -> torch.Tensor:
+def rows_mean(x: torch.Tensor, queries: torch.Tensor | None, dim) -> torch.Tensor:
     """Mean of x (B, H, T) over dim, counting only the rows i with queries[b, i] (all: None);
     NaN where no row counts."""
     if queries is None:
@@ -34,7 +34,7 @@ def _rows_mean(x: torch.Tensor, queries: torch.Tensor | None, dim) -> torch.Tens
 
 def first_token_share(p: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and queries i >= 1 (of the domain) of p_i0."""
-    return _rows_mean(f32(p)[:, :, 1:, 0], None if queries is None else queries[:, 1:], dim=(0, 2))
+    return rows_mean(f32(p)[:, :, 1:, 0], None if queries is None else queries[:, 1:], dim=(0, 2))
 
 
 def sink_scores(p: torch.Tensor, tokens: int | None = 64, queries: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,7 +42,7 @@ def sink_scores(p: torch.Tensor, tokens: int | None = 64, queries: torch.Tensor 
     included, over the first T' = min(tokens, T) queries (None: all of them); with a domain,
     over its queries among those (NaN for a sequence that has none there)."""
     t = p.shape[-2] if tokens is None else min(tokens, p.shape[-2])
-    return _rows_mean(f32(p)[:, :, :t, 0], None if queries is None else queries[:, :t], dim=-1)
+    return rows_mean(f32(p)[:, :, :t, 0], None if queries is None else queries[:, :t], dim=-1)
 
 
 def sink_rate(scores: torch.Tensor, eps: float = 0.3) -> float:
@@ -63,12 +63,12 @@ def attention_entropy(p: torch.Tensor, queries: torch.Tensor | None = None) -> t
     """(H,): per head, the mean over sequences and rows of -sum_j p_ij log p_ij, 0 log 0 = 0.
     Rows summing to less than 1 are used as they are (not renormalised); p >= 0 assumed."""
     x = f32(p)
-    return _rows_mean(-torch.xlogy(x, x).sum(dim=-1), queries, dim=(0, 2))
+    return rows_mean(-torch.xlogy(x, x).sum(dim=-1), queries, dim=(0, 2))
 
 
 def null_mass(null: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and rows of a probe's null_mass (B, H, T)."""
-    return _rows_mean(f32(null), queries, dim=(0, 2))
+    return rows_mean(f32(null), queries, dim=(0, 2))
 
 
 def value_stats(t: torch.Tensor) -> dict[str, float]:

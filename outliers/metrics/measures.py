@@ -219,6 +219,10 @@ def query_domains(probe: Probe) -> dict[str, float]:
             scores.append(T.sink_scores(p, probe.sink_tokens, q))
             entropy.append(T.attention_entropy(p.clamp(min=0), q).mean().item())
             null.append(T.null_mass(extras["null_mass"], q).mean().item() if "null_mass" in extras else math.nan)
+            for extra, value in extras.items():  # per-query values (scale, gate, slot weight): their mean here
+                rows = None if extra in TENSOR_EXTRAS else _per_query(value, *p.shape[:3])
+                if rows is not None:
+                    out[f"{prefix}/{extra}/layer_{layer}"] = (rows * q).sum().item() / max(int(q.sum()), 1)
         out[f"{prefix}/first_token_share"] = torch.cat(shares).max().item()
         out[f"{prefix}/sink_rate"] = T.sink_rate(torch.stack(scores), probe.sink_eps)
         out[f"{prefix}/null_mass"] = math.fsum(null) / len(null)
@@ -230,3 +234,13 @@ def query_domains(probe: Probe) -> dict[str, float]:
             excess = loss - probe.optimum.to(loss.device, loss.dtype)
             out[f"{prefix}/excess_loss"] = excess[counted].mean().item() if counted.any() else math.nan
     return out
+
+
+def _per_query(value: torch.Tensor, batch: int, heads: int, length: int) -> torch.Tensor | None:
+    """(B, T) mean of a probe extra over everything but the sequence and query axes, for the
+    layouts the variants use, (B, H, T, ...) or (B, T, ...); None for other shapes."""
+    if value.dim() >= 3 and tuple(value.shape[:3]) == (batch, heads, length):
+        return value.float().transpose(1, 2).reshape(batch, length, -1).mean(-1)
+    if value.dim() >= 2 and tuple(value.shape[:2]) == (batch, length):
+        return value.float().reshape(batch, length, -1).mean(-1)
+    return None

@@ -92,7 +92,7 @@ def attention_maps(maps: list[tuple[str, torch.Tensor]], title: str, max_tokens:
     maps = list(maps)[:MAX_PANELS]
     rows, cols = _grid(len(maps))
     fig = new_figure(3.0 * cols + 0.8, 3.0 * rows + 0.6)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 12 * cols + 14), fontsize=10)  # one narrow panel: wrap the title
     axes, image = [], None
     for i, (label, probs) in enumerate(maps):
         ax = fig.add_subplot(rows, cols, i + 1)

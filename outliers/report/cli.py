@@ -24,13 +24,15 @@ from outliers.report.render import markdown_report, rich_tables
 from outliers.report.table import Table, build_table, group_runs
 
 
-def write_report(dirs: list[Path], out: Path, baseline: str = "softmax") -> tuple[Path, Table, list[Run]]:
-    """Read every run under dirs, write OUT/report.md and the PNGs; returns (path, table, runs)."""
+def write_report(dirs: list[Path], out: Path, baseline: str = "softmax",
+                 panels: list[str] | None = None) -> tuple[Path, Table, list[Run]]:
+    """Read every run under dirs, write OUT/report.md and the PNGs; returns (path, table, runs).
+    panels: glob patterns of the metric keys drawn in outliers_vs_step.png (None: all)."""
     runs = load_runs(dirs, skip=(out.resolve(),))
     groups = group_runs(runs, baseline)
     table = build_table(groups, baseline)
     out.mkdir(parents=True, exist_ok=True)
-    for name, fig in make_figures(groups).items():
+    for name, fig in make_figures(groups, panels).items():
         figure_style.save(fig, out / f"{name}.png")
     path = out / "report.md"
     path.write_text(markdown_report(runs, table, dirs, baseline), encoding="utf-8")
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: DIR/report for one DIR, ./report for several)")
     parser.add_argument("--baseline", default="softmax", help="variant the t-tests compare against")
+    parser.add_argument("--panels", nargs="+", metavar="PATTERN", default=None,
+                        help="draw only these panel metrics over steps (glob patterns of their keys, "
+                             "e.g. 'outliers/domain/*'); default: every declared panel")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[red]no run directories found[/] (folders with .hydra/config.yaml or metrics.csv, "
                       f"depth <= {MAX_DEPTH})")
         return 1
-    path, table, runs = write_report(dirs, out, args.baseline)
+    path, table, runs = write_report(dirs, out, args.baseline, args.panels)
     for part in rich_tables(table):
         console.print(part)
     console.print("bold: best mean per column; * p < 0.05, ** p < 0.01: Welch's t-test against the "

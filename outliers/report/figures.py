@@ -6,6 +6,8 @@ figure style of ``outliers.figure_style``.
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -93,10 +95,13 @@ def loss_curves_figure(groups: list[Group], colors: dict, markers: dict) -> Figu
     return fig
 
 
-def outliers_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
-    """One panel per declared panel metric (titled with its declared title), a line per
-    variant (mean over seeds); the last panel holds the legend."""
+def outliers_figure(groups: list[Group], colors: dict, markers: dict, only: list[str] | None = None) -> Figure:
+    """One panel per declared panel metric (titled with its declared title; only: those whose
+    key matches one of these glob patterns), a line per variant (mean over seeds); the last
+    panel holds the legend."""
     panels = panel_metrics({key for g in groups for r in _curve_runs(g) for key in r.curves})
+    if only is not None:
+        panels = [m for m in panels if any(fnmatch(m.key, pattern) for pattern in only)]
     cols = (len(panels) + 2) // 2  # two rows, one more panel for the legend
     fig = style.new_figure(4.3 * cols, 7.0)
     fig.suptitle("Outlier metrics over training (mean over seeds)")
@@ -210,11 +215,12 @@ def extreme_tokens_figure(groups: list[Group], colors: dict, markers: dict) -> F
     return fig
 
 
-def make_figures(groups: list[Group]) -> dict[str, Figure]:
-    """The figures by name (FIGURES), with one colour and marker per variant in all."""
+def make_figures(groups: list[Group], panels: list[str] | None = None) -> dict[str, Figure]:
+    """The figures by name (FIGURES), with one colour and marker per variant in all; panels:
+    glob patterns of the panel metrics drawn over steps (None: all)."""
     labels = [g.label for g in groups]
     colors, markers = style.colors(labels), style.markers(labels)
     return {"loss_curves": loss_curves_figure(groups, colors, markers),
-            "outliers_vs_step": outliers_figure(groups, colors, markers),
+            "outliers_vs_step": outliers_figure(groups, colors, markers, panels),
             "layer_profile": layer_profile_figure(groups, colors, markers),
             "extreme_tokens": extreme_tokens_figure(groups, colors, markers)}

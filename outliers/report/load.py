@@ -35,6 +35,7 @@ class Run:
     steps_done: int | None = None    # optimizer steps reached according to metrics.csv
     problems: list[str] = field(default_factory=list)
     failed: str | None = None        # last line of <run dir>/FAILED, when the sweep job raised
+    overrides: dict[str, str] = field(default_factory=dict)  # .hydra/overrides.yaml: key -> value
 
     @property
     def complete(self) -> bool:
@@ -134,6 +135,19 @@ def read_config(run: Run) -> None:
     run.seed = seed if isinstance(seed, (int, str)) and not isinstance(seed, bool) else None
     steps = number(_select(cfg, "trainer.max_steps"))
     run.max_steps = int(steps) if steps is not None and steps >= 0 else None
+    overrides = run.path / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        run.overrides = parse_overrides(OmegaConf.load(overrides))
+
+
+def parse_overrides(items) -> dict[str, str]:
+    """{key: value} of Hydra's override strings (``+experiment=x`` -> experiment: x); entries
+    that are not ``key=value`` (e.g. ``~key`` deletions) are kept with the value ``deleted``."""
+    out = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value if sep else "deleted"
+    return out
 
 
 def read_summary(run: Run) -> None:

@@ -17,12 +17,17 @@ from outliers.report.stats import welch_t_test
 TOKENS_COLUMN_INDEX = 2  # after the final loss and ppl
 
 
+# override keys that never define a group: the variant is grouped anyway, seeds are averaged
+NOT_SWEPT = {"attention", "seed", "ckpt_path", "paths.output_dir"}
+
+
 @dataclass
 class Group:
     label: str
     variant: str
     model: str | None
     runs: list[Run]
+    setting: tuple[tuple[str, str | None], ...] = ()  # the other swept keys' values, e.g. (("optim", "sgd"),)
 
     @property
     def complete(self) -> list[Run]:
@@ -36,18 +41,31 @@ class Group:
         return [v for v in (r.value(key) for r in self.complete) if v is not None]
 
 
+def swept_keys(runs: list[Run]) -> list[str]:
+    """The override keys (besides the variant and the seed) whose value differs between runs;
+    a run without the override has the value None (the config's default)."""
+    keys = sorted({key for run in runs for key in run.overrides} - NOT_SWEPT)
+    return [key for key in keys if not key.startswith("hydra.") and len({r.overrides.get(key) for r in runs}) > 1]
+
+
 def group_runs(runs: list[Run], baseline: str) -> list[Group]:
-    """One group per variant; per (variant, model) when the runs mix models. Baseline first."""
+    """One group per variant and combination of the other swept keys (e.g. the optimizer of a
+    crossed sweep), per model too when the runs mix models. Within a setting, baseline first."""
     models = {r.model for r in runs if r.model is not None}
     by_model = len(models) > 1
+    keys = swept_keys(runs)
     groups: dict[tuple, Group] = {}
     for run in runs:
-        key = (run.variant, run.model if by_model else None)
+        setting = tuple((key, run.overrides.get(key)) for key in keys)
+        key = (run.variant, run.model if by_model else None, setting)
         if key not in groups:
-            label = f"{run.variant} ({run.model})" if by_model and run.model else run.variant
-            groups[key] = Group(label, run.variant, key[1], [])
+            shown = [f"{k}={v}" for k, v in setting if v is not None] + ([str(run.model)] if by_model and run.model else [])
+            label = f"{run.variant} ({', '.join(shown)})" if shown else run.variant
+            groups[key] = Group(label, run.variant, key[1], [], setting)
         groups[key].runs.append(run)
-    return sorted(groups.values(), key=lambda g: (str(g.model), g.variant != baseline, g.variant))
+    return sorted(groups.values(),
+                  key=lambda g: (str(g.model), [(v is not None, str(v)) for _, v in g.setting],
+                                 g.variant != baseline, g.variant))
 
 
 @dataclass
@@ -112,7 +130,9 @@ def choose_tokens_target(groups: list[Group]) -> str | None:
 
 
 def baseline_for(group: Group, groups: list[Group], baseline: str) -> Group | None:
-    return next((g for g in groups if g.variant == baseline and g.model == group.model), None)
+    """The baseline variant's group with the same model and the same other swept values."""
+    return next((g for g in groups if g.variant == baseline and g.model == group.model
+                 and g.setting == group.setting), None)
 
 
 def table_columns(groups: list[Group]) -> tuple[list[Column], str | None]:
