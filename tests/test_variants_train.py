@@ -23,7 +23,7 @@ def test_variant_trains_30_steps_on_nano_with_falling_loss(tmp_path, name, corpu
         tmp_path, f"attention={name}", "model=nano", "data=text_files", f"data.corpus.paths=[{corpus_glob}]",
         "data.val_every=10", "data.batch_size=8", "data.val_batches=2", "trainer.max_steps=30",
         "trainer.val_check_interval=30", "trainer.log_every_n_steps=1", "optim.lr=3e-3", "logger=csv",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null", cache_dir=cache_dir,
+        "callbacks.progress_bar=null", "callbacks.model_summary=null", "eval.compression=[w8a8]", cache_dir=cache_dir,
     )
     final = train.train(cfg)
     losses = read_metric(tmp_path, "train/loss")
@@ -40,6 +40,7 @@ def test_multirun_over_all_variants_completes(tmp_path, corpus_glob):
          "trainer.val_check_interval=2", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
          "model.block_size=32", "data=text_files", f"data.corpus.paths=[{corpus_glob}]", "data.val_every=10",
          "data.batch_size=2", "data.val_batches=1", "logger=none", "callbacks.progress_bar=null",
+         "eval.compression=[]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "torch_threads=1",
          f"hydra.sweep.dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "OUTLIER_LAB_CACHE": str(tmp_path / "cache")},
