@@ -41,8 +41,9 @@ def _watched(model: GPT) -> dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def probe(model: GPT, idx: torch.Tensor) -> ProbeResult:
-    """Run ``model`` on token ids ``idx`` in eval mode and return the captured tensors."""
+def probe(model: GPT, idx: torch.Tensor, token_loss: bool = True) -> ProbeResult:
+    """Run ``model`` on token ids ``idx`` in eval mode and return the captured tensors (with
+    ``token_loss``: the next-token loss at each position, for the per-domain measures)."""
     result = ProbeResult()
     blocks = list(model.transformer.h)
     handles = []
@@ -60,9 +61,10 @@ def probe(model: GPT, idx: torch.Tensor) -> ProbeResult:
                 lambda mod, inp: result.down_input.append(inp[0].detach())))
         handles += [module.register_forward_hook(keep(name)) for name, module in _watched(model).items()]
         model.eval()
-        logits = model(idx).float()
-        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), idx[:, 1:], reduction="none")  # (B, T-1)
-        result.token_loss = F.pad(loss, (0, 1), value=math.nan)
+        logits = model(idx)
+        if token_loss:  # a float copy of (B, T, vocab) logits: only when something reads it
+            loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), idx[:, 1:], reduction="none")  # (B, T-1)
+            result.token_loss = F.pad(loss, (0, 1), value=math.nan)
         result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(blocks))]
         result.attention = [dict(block.attn.probe_out) for block in blocks]
     finally:
@@ -94,6 +96,6 @@ def measure_model(model: GPT, idx: torch.Tensor, token_classes: torch.Tensor | N
     OutlierMonitor logs at each probe and what analyze.py reports, by the same code.
     ``token_classes``: the class of each vocabulary id (``metrics.tokens.vocabulary_classes``);
     probe_fields: the thresholds and the data's domains (``data_domains``), see ``Probe``."""
-    result = probe(model, idx)
+    result = probe(model, idx, token_loss=bool(probe_fields.get("domains")))  # read per domain only
     positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
     return result, run_measures(Probe(result, model, positions, **probe_fields))
