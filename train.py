@@ -48,6 +48,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     # ResumableCSVLogger writes the kept rows of metrics.csv back; wandb/ shares the run directory.
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    # A resumed run writes into its own checkpoints/ again, by design.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
 
@@ -85,19 +87,48 @@ def compose_config(output_dir: str | Path, *overrides: str) -> DictConfig:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> tuple[str | None, int | None]:
-    """``auto`` -> this run directory's last.ckpt if it exists; a path must exist and load.
-    Returns the path and the global step it holds (None when starting fresh)."""
+    """``auto`` -> the newest checkpoint of this run directory that loads (last.ckpt first; a
+    file that does not load, say one cut short by a full disk, is skipped with a warning);
+    a path must exist and load. Returns the path and the global step it holds (None when
+    starting fresh)."""
     if ckpt_path in (None, "", "null"):
         return None, None
-    if ckpt_path == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            return None, None
-        ckpt_path = str(last)
+    expected = "a train.py .ckpt file, or ckpt_path=auto or null"
+    if ckpt_path != "auto":
+        return str(Path(ckpt_path)), saved_step(ckpt_path, expected)
+    directory = output_dir / "checkpoints"
+    last = directory / "last.ckpt"
+    others = sorted(set(directory.glob("*.ckpt")) - {last}, key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in [last, *others] if last.is_file() else others:
+        try:
+            return str(candidate), saved_step(candidate, expected)
+        except ConfigError as e:
+            console().print(f"[bold yellow]Skipping[/] an unusable checkpoint: {escape(str(e))}")
+    return None, None
+
+
+def saved_step(path, expected: str) -> int:
+    """The global step a resumable checkpoint holds; a ConfigError when it does not load."""
     # mmap: only the step is read here; Lightning loads the tensors when it resumes
-    checkpoint = load_checkpoint(ckpt_path, "a train.py .ckpt file, or ckpt_path=auto or null",
-                                 required_keys=("state_dict", "loops"), mmap=True)
-    return str(Path(ckpt_path)), int(checkpoint.get("global_step", 0))
+    checkpoint = load_checkpoint(path, expected, required_keys=("state_dict", "loops"), mmap=True)
+    return int(checkpoint.get("global_step", 0))
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    """The top-level and trainer keys that would otherwise fail deep inside Lightning or torch."""
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not integer(cfg.seed):
+        raise ConfigError(f"seed={cfg.seed!r}: give an integer")
+    trainer = cfg.trainer
+    if not (integer(trainer.get("max_steps")) and trainer.max_steps > 0):
+        raise ConfigError(f"trainer.max_steps={trainer.get('max_steps')!r}: give a positive number of steps")
+    interval = trainer.get("val_check_interval")
+    if interval is not None and not (isinstance(interval, (int, float)) and not isinstance(interval, bool)
+                                     and interval > 0 and (integer(interval) or interval <= 1)):
+        raise ConfigError(f"trainer.val_check_interval={interval!r}: give a positive number of steps, "
+                          f"or a fraction of an epoch in (0, 1]")
 
 
 def set_threads(threads) -> None:
@@ -123,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     quiet_lightning()
     check_protocols(cfg.get("eval", {}).get("compression"))
+    check_run_keys(cfg)
     set_threads(cfg.get("torch_threads"))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -140,7 +172,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.checkpoint_callback is not None:  # last.ckpt = the final state, not the last validation's
-            trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+            trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
         results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         if trainer.is_global_zero and cfg.get("eval", {}).get("compression"):
             compressed = compression_results(module.model, datamodule, cfg.eval)

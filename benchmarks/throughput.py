@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -44,6 +45,21 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
+@contextmanager
+def added_callbacks(*extra: L.Callback):
+    """Every Trainer built inside also gets ``extra`` (train.train builds its own from the config)."""
+    original = L.Trainer.__init__
+
+    def with_extra(self, *args, callbacks=None, **kwargs):
+        original(self, *args, callbacks=[*(callbacks or []), *extra], **kwargs)
+
+    L.Trainer.__init__ = with_extra
+    try:
+        yield
+    finally:
+        L.Trainer.__init__ = original
+
+
 def config(model: str, out: Path, steps: int):
     return train.compose_config(
         out, f"model={model}", "logger=csv", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
@@ -55,16 +71,8 @@ def framework_tokens_per_s(model: str, warmup: int, timed: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(model, Path(tmp), warmup + timed)
         timer = StepTimer(warmup)
-        original = L.Trainer.__init__
-
-        def with_timer(self, *args, callbacks=None, **kwargs):
-            original(self, *args, callbacks=[*(callbacks or []), timer], **kwargs)
-
-        L.Trainer.__init__ = with_timer
-        try:
+        with added_callbacks(timer):
             train.train(cfg)
-        finally:
-            L.Trainer.__init__ = original
         return timed * cfg.data.batch_size * cfg.model.block_size / (timer.end - timer.start)
 
 

@@ -5,6 +5,7 @@ checkpoints."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -13,6 +14,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from errors import ConfigError
+from models.compile import CompiledLoss, wants_compile
 from models.gpt import GPT
 from models.optim import build_optimizer, optimizer_spec, weight_decay_groups
 from models.regularizers import Penalties
@@ -48,6 +50,25 @@ class OptimConfig:
             raise ConfigError(f"missing optim keys {sorted(missing)}; needed: {', '.join(valid)}")
         return cls(**{**optim, "optimizer": optimizer_spec(optim["optimizer"])})
 
+    def __post_init__(self):
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        def count(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        if not (number(self.lr) and self.lr > 0):
+            raise ConfigError(f"optim.lr={self.lr!r}: give a positive number")
+        if not (number(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise ConfigError(f"optim.min_lr={self.min_lr!r}: give a number from 0 to optim.lr={self.lr}")
+        if not (number(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"optim.weight_decay={self.weight_decay!r}: give a number >= 0")
+        if not count(self.warmup_steps):
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps!r}: give an integer >= 0")
+        if self.decay_steps is not None and not (count(self.decay_steps) and self.decay_steps > 0):
+            raise ConfigError(f"optim.decay_steps={self.decay_steps!r}: give a positive integer, or null for "
+                              f"trainer.max_steps")
+
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss is NaN or inf; train.py reports it and exits."""
@@ -66,8 +87,12 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
 
 
 class LitGPT(L.LightningModule):
-    def __init__(self, model: GPT | Mapping, optim: Mapping, regularizer: Mapping | None = None):
+    def __init__(self, model: GPT | Mapping, optim: Mapping, regularizer: Mapping | None = None,
+                 compile: str | bool = False):
         super().__init__()
+        wants_compile(compile, torch.device("cpu"))  # a bad value fails here, before any data is read
+        self.compile = compile  # a run option, not part of the model: not saved in checkpoints
+        self.train_loss = None  # the loss training and validation call (on_fit_start)
         self.model = model if isinstance(model, GPT) else GPT(**model)
         self.penalties = Penalties(regularizer)  # the outlier penalties (models/regularizers.py); none by default
         self.optim = OptimConfig.from_mapping(optim)
@@ -87,10 +112,20 @@ class LitGPT(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
+    def on_fit_start(self):
+        self.train_loss = self.model.loss
+        if wants_compile(self.compile, self.device):
+            hooked = [name for name, p in self.penalties.items.items() if p.reads_activations]
+            if hooked:
+                warnings.warn(f"compile: the {', '.join(hooked)} penalty reads activations through forward "
+                              "hooks added every step, which would recompile every step; training runs eager", stacklevel=1)
+            else:
+                self.train_loss = CompiledLoss(self.model, f"attention={self.model.config['attention']['name']}")
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         with self.penalties.capture(self.model):  # forward hooks, only for penalties that read activations
-            loss = self.model.loss(x, y)
+            loss = self.train_loss(x, y)
         total, sync = loss, self.trainer.world_size > 1
         for name, (value, weighted) in self.penalties.terms(self.model).items():
             self.log(f"train/penalty/{name}", value.detach(), sync_dist=sync)
@@ -110,7 +145,7 @@ class LitGPT(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.val_loss.update(self.model.loss(x, y), weight=x.numel())
+        self.val_loss.update((self.train_loss or self.model.loss)(x, y), weight=x.numel())
 
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()

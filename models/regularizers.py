@@ -47,6 +47,8 @@ class Penalty:
     """``weight`` (lambda) times ``value(model)``, a scalar tensor. ``capture(model)`` is the
     context the training forward runs in (hooks that keep what ``value`` needs)."""
 
+    reads_activations = False  # True: capture() adds forward hooks each step (compile falls back to eager)
+
     def __init__(self, weight: float):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ConfigError(f"{type(self).__name__}.weight={weight!r}: give a number >= 0")
@@ -87,6 +89,8 @@ class WeightKurtosis(Penalty):
 
 class ActivationKurtosis(Penalty):
     """Mean over blocks of the per-sequence kurtosis of the block output (module docstring)."""
+
+    reads_activations = True
 
     def __init__(self, weight: float):
         super().__init__(weight)

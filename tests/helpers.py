@@ -52,3 +52,29 @@ class PoisonWeightsAt(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.lm_head.weight[0, 0] = float("nan")
+
+
+class StallCheckpointWriteAt(L.Callback):
+    """From the given step on, the next checkpoint write stops halfway: it writes half of the
+    file's bytes, touches ``flag`` and sleeps, so that a test can kill -9 the process there."""
+
+    def __init__(self, step: int, flag: str):
+        self.step, self.flag = step, flag
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.global_step < self.step:
+            return
+        real_save = torch.save
+
+        def half_then_stall(obj, f, *args, **kwargs):
+            import io
+            import time
+
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            Path(self.flag).touch()
+            time.sleep(600)
+
+        torch.save = half_then_stall

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from errors import ConfigError
+from errors import ConfigError, find_config_error
 from models.lit_gpt import LitGPT, NonFiniteLossError
 from tests.helpers import TINY, compose_train, read_metric
 
@@ -115,6 +115,64 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     assert train.resolve_ckpt_path("auto", tmp_path) == (None, None)
 
 
+def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path, corpus_glob, cache_dir):
+    """kill -9 while step 10's checkpoint is half written: the step-5 checkpoints are intact, and
+    ckpt_path=auto resumes from them and finishes. A last.ckpt cut short by other means (a
+    full disk) is skipped for the newest checkpoint that loads, with a message."""
+    import os
+    import signal
+    import time
+
+    run_dir, flag = tmp_path / "run", tmp_path / "stalled"
+    common = (*TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]", f"data.cache_dir={cache_dir}",
+              "trainer.max_steps=10", "trainer.val_check_interval=5", "optim.warmup_steps=2", "eval.compression=[]",
+              "callbacks.outlier_monitor.every_n_steps=5", f"hydra.run.dir={run_dir}")
+    job = subprocess.Popen([sys.executable, "train.py", *common, "+callbacks.stall._target_=tests.helpers.StallCheckpointWriteAt",
+                            "+callbacks.stall.step=10", f"+callbacks.stall.flag={flag}"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not flag.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert flag.exists(), f"the run never reached the step-10 checkpoint (exit {job.poll()})"
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    checkpoints = run_dir / "checkpoints"
+    assert {p.name for p in checkpoints.glob("*.ckpt")} == {"last.ckpt", next(checkpoints.glob("step000005*")).name}
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert list(checkpoints.glob(".*.partial")), "the half-written file should be the temporary one"
+
+    train.train(compose_train(run_dir, *common[:-1]))
+    assert sorted(read_metric(run_dir, "train/loss")) == list(range(10))
+    best = next(checkpoints.glob("step000010*"))
+    (checkpoints / "last.ckpt").write_bytes((checkpoints / "last.ckpt").read_bytes()[:1000])
+    assert train.resolve_ckpt_path("auto", run_dir) == (str(best), 10)
+
+
+def test_bad_top_level_values_are_one_clear_line(tmp_path):
+    cases = {"seed=abc": "seed='abc': give an integer",
+             "trainer.max_steps=-5": "trainer.max_steps=-5: give a positive number of steps",
+             "trainer.val_check_interval=0": "trainer.val_check_interval=0: give a positive number",
+             "trainer.val_check_interval=1.5": "trainer.val_check_interval=1.5: give a positive number"}
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            train.check_run_keys(compose_train(tmp_path, override))
+    train.check_run_keys(compose_train(tmp_path, "trainer.val_check_interval=0.5"))  # a fraction of an epoch
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", "optim.lr=-1: give a positive number"),
+    ("optim.min_lr=0.5", "optim.min_lr=0.5: give a number from 0 to optim.lr=0.001"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1: give a number >= 0"),
+    ("optim.warmup_steps=1.5", "optim.warmup_steps=1.5: give an integer >= 0"),
+    ("optim.decay_steps=0", "optim.decay_steps=0: give a positive integer"),
+])
+def test_bad_schedule_values_are_one_clear_line(tmp_path, override, message):
+    cfg = compose_train(tmp_path, override)
+    with pytest.raises(Exception) as raised:  # Hydra wraps the constructor's ConfigError
+        hydra.utils.instantiate(cfg.module, model={"vocab_size": 16})
+    assert message in str(find_config_error(raised.value))
+
+
 def run_cli(*args, timeout=120, **env):
     import os
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
@@ -129,6 +187,7 @@ def run_cli(*args, timeout=120, **env):
         (["model.n_head=5"], "model.n_head=5 does not divide model.n_embd=128"),
         (["data=text_files", "data.corpus.paths=[/no/such/file.txt]"], "data file not found: '/no/such/file.txt'"),
         (["ckpt_path=/no/such.ckpt"], "checkpoint not found"),
+        (["seed=abc"], "Configuration error: seed='abc': give an integer"),
     ],
 )
 def test_bad_input_fails_fast_without_traceback(tmp_path, args, message):
@@ -152,6 +211,7 @@ def test_default_run_for_50_steps_beats_unigram_and_leaves_offline_wandb_run(tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = " ".join(result.stdout.split())
     assert "final val loss" in out and str(tmp_path / "run") in out
+    assert "weights_only" not in out + result.stderr  # Lightning's notice about our own last.ckpt save
     val = read_metric(tmp_path / "run", "val/loss")
     unigram = float(out.split("unigram baseline ")[1].split()[0].rstrip(";"))
     assert 3.0 < unigram < 3.6 and val[max(val)] < unigram  # the final validation, after step 50
