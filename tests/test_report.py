@@ -533,3 +533,29 @@ def test_runs_are_grouped_by_every_swept_key_and_tested_within_their_setting():
     assert table.baseline_of(diff) is None and table.cells[diff.label, "convergence/final_val_loss"].p is None
     # the same variant and setting in two sweeps is one group
     assert len(next(g for g in groups if g.label == "softmax (optim=adamw)").runs) == 3
+
+
+def test_baseline_key_value_tests_each_optimizer_against_adamw_within_its_variant():
+    """--baseline optim=adamw: every group against the same variant with adamw. The sgd runs
+    set optim.lr, the adamw runs leave it at the default: the default matches any value."""
+    def run(variant, optim, seed, loss, extra=()):
+        overrides = [f"attention={variant}", f"seed={seed}", f"optim={optim}", *extra]
+        return report.Run(path=Path(f"{variant}{optim}{seed}{extra}"), name="r", variant=variant, seed=seed,
+                          overrides=report.load.parse_overrides(overrides),
+                          summary={"convergence/final_val_loss": loss})
+
+    losses = {("softmax", "adamw"): 1.0, ("softmax", "muon"): 1.0, ("explicit_scale", "adamw"): 2.0,
+              ("explicit_scale", "muon"): 2.5}
+    runs = [run(v, o, s, base + 0.01 * s) for (v, o), base in losses.items() for s in range(3)]
+    runs += [run(v, "sgd", s, 3.0 + 0.01 * s, extra=("optim.lr=0.1",)) for v in ("softmax", "explicit_scale")
+             for s in range(3)]
+    groups = report.group_runs(runs, "optim=adamw")
+    table = report.build_table(groups, "optim=adamw")
+    by_label = {g.label: g for g in groups}
+    assert [g.label for g in groups][:2] == ["explicit_scale (optim=adamw)", "softmax (optim=adamw)"]
+    assert table.baseline_of(by_label["explicit_scale (optim=muon)"]).label == "explicit_scale (optim=adamw)"
+    assert table.baseline_of(by_label["softmax (optim=sgd, optim.lr=0.1)"]).label == "softmax (optim=adamw)"
+    p = {label: table.cells[label, "convergence/final_val_loss"].p for label in by_label}
+    assert p["softmax (optim=muon)"] == pytest.approx(1.0)  # identical values: no difference
+    assert p["explicit_scale (optim=muon)"] < 0.01 and p["softmax (optim=sgd, optim.lr=0.1)"] < 0.01
+    assert p["softmax (optim=adamw)"] is None  # the baseline is not tested against itself

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run or sweep directories")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: DIR/report for one DIR, ./report for several)")
-    parser.add_argument("--baseline", default="softmax", help="variant the t-tests compare against")
+    parser.add_argument("--baseline", default="softmax", help="what the t-tests compare against: a variant (softmax), or KEY=VALUE of another "
+                             "swept key (optim=adamw: each optimizer against AdamW, per variant)")
     parser.add_argument("--panels", nargs="+", metavar="PATTERN", default=None,
                         help="draw only these panel metrics over steps (glob patterns of their keys, "
                              "e.g. 'outliers/domain/*'); default: every declared panel")

@@ -97,17 +97,17 @@ def loss_curves_figure(groups: list[Group], colors: dict, markers: dict) -> Figu
 
 def outliers_figure(groups: list[Group], colors: dict, markers: dict, only: list[str] | None = None) -> Figure:
     """One panel per declared panel metric (titled with its declared title; only: those whose
-    key matches one of these glob patterns), a line per variant (mean over seeds); the last
-    panel holds the legend."""
+    key matches one of these glob patterns), a line per variant (mean over seeds); the legend on the right."""
     panels = panel_metrics({key for g in groups for r in _curve_runs(g) for key in r.curves})
     if only is not None:
         panels = [m for m in panels if any(fnmatch(m.key, pattern) for pattern in only)]
-    cols = (len(panels) + 2) // 2  # two rows, one more panel for the legend
-    fig = style.new_figure(4.3 * cols, 7.0)
+    rows = 1 if len(panels) <= 2 else 2
+    cols = max(1, -(-len(panels) // rows))
+    fig = style.new_figure(4.3 * cols + 3.5, 3.6 * rows)  # + the legend on the right
     fig.suptitle("Outlier metrics over training (mean over seeds)")
     handles = {}
     for i, metric in enumerate(panels):
-        ax = fig.add_subplot(2, cols, i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         style.step_panel(ax, metric.title)
         drawn = []
         for group in groups:
@@ -123,11 +123,8 @@ def outliers_figure(groups: list[Group], colors: dict, markers: dict, only: list
             style.no_data(ax)
         elif style.log_scale_if_wide(ax, np.concatenate(drawn)):
             ax.set_ylabel("log scale", fontsize=8)
-    legend_ax = fig.add_subplot(2, cols, len(panels) + 1)
-    legend_ax.axis("off")
     if handles:
-        legend_ax.legend(list(handles.values()), list(handles), loc="center", title="variant",
-                         fontsize="small", ncols=1 if len(handles) <= 10 else 2, frameon=False)
+        style.outside_legend(fig, list(handles.values()), list(handles))
     return fig
 
 

@@ -48,6 +48,18 @@ def swept_keys(runs: list[Run]) -> list[str]:
     return [key for key in keys if not key.startswith("hydra.") and len({r.overrides.get(key) for r in runs}) > 1]
 
 
+def parse_baseline(baseline: str) -> tuple[str, str]:
+    """``softmax`` -> (attention, softmax); ``optim=adamw`` -> (optim, adamw): the swept key
+    and the value every other group is compared with."""
+    key, _, value = baseline.rpartition("=")
+    return key or "attention", value
+
+
+def is_baseline(group: Group, baseline: str) -> bool:
+    key, value = parse_baseline(baseline)
+    return str(group.variant if key == "attention" else dict(group.setting).get(key)) == value
+
+
 def group_runs(runs: list[Run], baseline: str) -> list[Group]:
     """One group per variant and combination of the other swept keys (e.g. the optimizer of a
     crossed sweep), per model too when the runs mix models. Within a setting, baseline first."""
@@ -65,7 +77,7 @@ def group_runs(runs: list[Run], baseline: str) -> list[Group]:
         groups[key].runs.append(run)
     return sorted(groups.values(),
                   key=lambda g: (str(g.model), [(v is not None, str(v)) for _, v in g.setting],
-                                 g.variant != baseline, g.variant))
+                                 not is_baseline(g, baseline), g.variant))
 
 
 @dataclass
@@ -104,12 +116,13 @@ class Table:
     cells: dict[tuple[str, str], Cell]  # (group label, column key) -> cell
     baseline: Group | None
     tokens_target: str | None           # e.g. "2" when the tokens_to_2 column is shown
+    baseline_name: str = "softmax"      # --baseline: a variant, or KEY=VALUE of another swept key
 
     def baseline_of(self, group: Group) -> Group | None:
         """The baseline group this group is tested against (same model), if any."""
         if self.baseline is None:
             return None
-        return baseline_for(group, self.groups, self.baseline.variant)
+        return baseline_for(group, self.groups, self.baseline_name)
 
 
 def choose_tokens_target(groups: list[Group]) -> str | None:
@@ -130,9 +143,24 @@ def choose_tokens_target(groups: list[Group]) -> str | None:
 
 
 def baseline_for(group: Group, groups: list[Group], baseline: str) -> Group | None:
-    """The baseline variant's group with the same model and the same other swept values."""
-    return next((g for g in groups if g.variant == baseline and g.model == group.model
-                 and g.setting == group.setting), None)
+    """The baseline's group with the same model and the same values of the other swept keys
+    (and the same variant when the baseline is another key's value, ``optim=adamw``). When
+    nothing matches exactly, the baseline key's own settings that the baseline's runs leave
+    at their default match any value: sgd runs that set optim.lr are compared with adamw runs
+    that do not. Any other difference (model.n_head=2) means no baseline, not a mismatched one."""
+    key = parse_baseline(baseline)[0]
+    candidates = [g for g in groups if is_baseline(g, baseline) and g.model == group.model
+                  and (key == "attention" or g.variant == group.variant)]
+
+    def others(g: Group) -> dict:
+        return {k: v for k, v in g.setting if k != key}
+
+    exact = next((g for g in candidates if others(g) == others(group)), None)
+    def covers(g: Group) -> bool:
+        return all(v == others(group).get(k) or (v is None and k.startswith(f"{key}."))
+                   for k, v in others(g).items())
+
+    return exact or next((g for g in candidates if covers(g)), None)
 
 
 def table_columns(groups: list[Group]) -> tuple[list[Column], str | None]:
@@ -170,5 +198,5 @@ def build_table(groups: list[Group], baseline: str) -> Table:
         if any(c.mean > best for c in filled):  # nothing to single out when all tie
             for c in filled:
                 c.best = c.mean == best
-    base = next((g for g in groups if g.variant == baseline), None)
-    return Table(columns, groups, cells, base, target)
+    base = next((g for g in groups if is_baseline(g, baseline)), None)
+    return Table(columns, groups, cells, base, target, baseline)
