@@ -51,7 +51,9 @@ def quiet_lightning() -> None:
     # A resumed run writes into its own checkpoints/ again, by design.
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
+    # Tips to install litmodels and the like, and the TPU line of a machine without TPUs.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda r: "💡 Tip" not in r.getMessage() and not r.getMessage().startswith("TPU available: False"))
 
 
 def wandb_offline() -> bool:

@@ -32,6 +32,11 @@ class CompiledLoss:
 
     def __init__(self, model: torch.nn.Module, label: str):
         self.model, self.label = model, label
+        # dynamo caches compiled code per code object (GPT.loss), with a guard on the model
+        # it was traced with: models compiled one after another in one process (a sweep on
+        # the basic launcher, the tests) would reach its recompile limit (8) and silently
+        # run eager. One model trains per process at a time, so a fresh cache per model.
+        torch._dynamo.reset()
         self.compiled: Callable | None = torch.compile(model.loss)
 
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 import train
 from errors import ConfigError
 from models.compile import CompiledLoss, wants_compile
+from models.attention import registered_names
 from models.gpt import GPT
 from tests.helpers import TINY, compose_train, read_metric
 
@@ -57,3 +58,22 @@ def test_compile_auto_means_cuda_only(option, device, expected):
 def test_a_bad_compile_value_is_one_clear_line(option):
     with pytest.raises(ConfigError, match=r"compile=.*: choose one of auto, true, false"):
         wants_compile(option, torch.device("cpu"))
+
+
+def test_models_compiled_one_after_another_all_stay_compiled(monkeypatch):
+    """dynamo caches per code object (GPT.loss), guarded on the attention class: without a
+    fresh cache per model, the 9th variant compiled in a process (a sweep on the basic
+    launcher) would silently run eager (its recompile limit is 8)."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # tracing only: fast
+    x, y = torch.randint(0, 16, (2, 8)), torch.randint(0, 16, (2, 8))
+    names = registered_names()
+    assert len(names) > 8
+    for name in names:
+        model = GPT(vocab_size=16, n_layer=1, n_embd=16, n_head=2, block_size=8, attention={"name": name})
+        traced = counters["frames"]["ok"]
+        CompiledLoss(model, name)(x, y)
+        assert counters["frames"]["ok"] > traced, f"{name} ran eager"
