@@ -67,7 +67,7 @@ def run_config(out: Path, smoke: bool, *overrides: str):
                 if smoke else ["trainer=gpu"])
     return train.compose_config(out, *hardware, "logger=csv", "eval.compression=[]", "callbacks.progress_bar=null",
                                 "callbacks.model_summary=null", "callbacks.outlier_monitor.plots=false",
-                                "trainer.enable_model_summary=false", "trainer.enable_progress_bar=false", *overrides)
+                                "trainer.enable_model_summary=false", "++trainer.enable_progress_bar=false", *overrides)
 
 
 def losses(run_dir: Path) -> list[float]:
