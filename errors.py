@@ -10,6 +10,16 @@ class ConfigError(ValueError):
     """A configuration value is invalid: the message names it and the valid choices."""
 
 
+def is_integer(value) -> bool:
+    """An int that is not a bool: YAML's true/false are ints to isinstance."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int or a float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def find_config_error(error: BaseException | None) -> ConfigError | None:
     """The ConfigError behind ``error`` (Hydra's instantiate wraps the ones from constructors)."""
     while error is not None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.markup import escape
 
-from errors import ConfigError, exit_on_config_error
+from errors import ConfigError, exit_on_config_error, is_integer, is_number
 from models.checkpoint import load_checkpoint
 from models.csv_logger import ResumableCSVLogger
 from models.lit_gpt import NonFiniteLossError
@@ -118,17 +118,13 @@ def saved_step(path, expected: str) -> int:
 
 def check_run_keys(cfg: DictConfig) -> None:
     """The top-level and trainer keys that would otherwise fail deep inside Lightning or torch."""
-    def integer(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not integer(cfg.seed):
+    if not is_integer(cfg.seed):
         raise ConfigError(f"seed={cfg.seed!r}: give an integer")
     trainer = cfg.trainer
-    if not (integer(trainer.get("max_steps")) and trainer.max_steps > 0):
+    if not (is_integer(trainer.get("max_steps")) and trainer.max_steps > 0):
         raise ConfigError(f"trainer.max_steps={trainer.get('max_steps')!r}: give a positive number of steps")
     interval = trainer.get("val_check_interval")
-    if interval is not None and not (isinstance(interval, (int, float)) and not isinstance(interval, bool)
-                                     and interval > 0 and (integer(interval) or interval <= 1)):
+    if interval is not None and not (is_number(interval) and interval > 0 and (is_integer(interval) or interval <= 1)):
         raise ConfigError(f"trainer.val_check_interval={interval!r}: give a positive number of steps, "
                           f"or a fraction of an epoch in (0, 1]")
 
@@ -138,7 +134,7 @@ def set_threads(threads) -> None:
     train faster as parallel single-threaded jobs than as one job on all cores."""
     if threads is None:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if not is_integer(threads) or threads < 1:
         raise ConfigError(f"torch_threads={threads!r}: give a positive integer, or null for torch's default")
     torch.set_num_threads(threads)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from errors import ConfigError
+from errors import ConfigError, is_integer
 
 CHOICES = ("auto", True, False)
 
@@ -20,7 +20,7 @@ CHOICES = ("auto", True, False)
 def wants_compile(option, device: torch.device) -> bool:
     """``compile``: true, false, or auto (true on CUDA, where it pays; false on CPU, where the
     first steps would wait for the C++ compiler)."""
-    if option not in CHOICES or isinstance(option, int) and not isinstance(option, bool):
+    if option not in CHOICES or is_integer(option):  # 1 == True, but 1 is not a choice
         raise ConfigError(f"compile={option!r}: choose one of auto, true, false")
     return device.type == "cuda" if option == "auto" else bool(option)
 

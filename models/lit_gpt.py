@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from errors import ConfigError
+from errors import ConfigError, is_integer, is_number
 from models.compile import CompiledLoss, wants_compile
 from models.gpt import GPT
 from models.optim import build_optimizer, optimizer_spec, weight_decay_groups
@@ -51,17 +51,14 @@ class OptimConfig:
         return cls(**{**optim, "optimizer": optimizer_spec(optim["optimizer"])})
 
     def __post_init__(self):
-        def number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
         def count(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            return is_integer(value) and value >= 0
 
-        if not (number(self.lr) and self.lr > 0):
+        if not (is_number(self.lr) and self.lr > 0):
             raise ConfigError(f"optim.lr={self.lr!r}: give a positive number")
-        if not (number(self.min_lr) and 0 <= self.min_lr <= self.lr):
+        if not (is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
             raise ConfigError(f"optim.min_lr={self.min_lr!r}: give a number from 0 to optim.lr={self.lr}")
-        if not (number(self.weight_decay) and self.weight_decay >= 0):
+        if not (is_number(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"optim.weight_decay={self.weight_decay!r}: give a number >= 0")
         if not count(self.warmup_steps):
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps!r}: give an integer >= 0")

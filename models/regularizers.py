@@ -33,7 +33,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from errors import ConfigError
+from errors import ConfigError, is_number
 
 
 def kurtosis_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ class Penalty:
     reads_activations = False  # True: capture() adds forward hooks each step (compile falls back to eager)
 
     def __init__(self, weight: float):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        if not is_number(weight) or not weight >= 0:
             raise ConfigError(f"{type(self).__name__}.weight={weight!r}: give a number >= 0")
         self.weight = float(weight)
 
@@ -71,7 +71,7 @@ class WeightKurtosis(Penalty):
 
     def __init__(self, weight: float, target: float = 1.8):
         super().__init__(weight)
-        if isinstance(target, bool) or not isinstance(target, (int, float)):
+        if not is_number(target):
             raise ConfigError(f"WeightKurtosis.target={target!r}: give a number (1.8: a uniform distribution)")
         self.target = float(target)
 
