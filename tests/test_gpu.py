@@ -19,10 +19,13 @@ pytestmark = [pytest.mark.gpu,
 B, H, T, D = 2, 4, 256, 64
 
 
-def gpt(name: str, backend: str, seed: int = 0) -> GPT:
+def gpt(name: str, backend: str, seed: int = 0, device: str = "cuda") -> GPT:
+    """Two layers of the variant with its last test options (the most branches), minus the
+    layer index, which the GPT sets per block."""
     torch.manual_seed(seed)
-    attention = {"name": name, **get_attention_class(name).test_options[-1], "backend": backend}
-    return GPT(vocab_size=256, n_layer=2, n_embd=H * D, n_head=H, block_size=T, attention=attention).cuda()
+    options = {k: v for k, v in get_attention_class(name).test_options[-1].items() if k != "layer_idx"}
+    attention = {"name": name, **options, "backend": backend}
+    return GPT(vocab_size=256, n_layer=2, n_embd=H * D, n_head=H, block_size=T, attention=attention).to(device)
 
 
 def loss_and_grads(model: GPT, x, y, autocast: bool):
