@@ -24,7 +24,6 @@ import functools
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.attention import build_attention, registered_names  # noqa: E402
+from models.compile import quiet_lru_cache_notice  # noqa: E402
 from models.gpt import GPT  # noqa: E402
 
 SIZES = {"nano": (128, 4), "small": (384, 6)}  # n_embd, n_head
@@ -78,8 +78,7 @@ def bench(size: str, rounds: int, batch: int, seq: int, compiled: bool = False) 
     if compiled:  # every variant's module and model stay compiled at once (interleaved timing), and
         # dynamo caches per code object (the shared forward and GPT.loss): room for all of them
         torch._dynamo.config.recompile_limit = 4 * len(modules)
-        # our lru_cached helpers are pure functions of their arguments (models/compile.py)
-        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function.*")
+        quiet_lru_cache_notice()
     run = {name: torch.compile(m) if compiled else m for name, m in modules.items()}
     module_t = interleaved_medians({n: functools.partial(step, m, x) for n, m in run.items()}, rounds)
     idx = torch.randint(0, 256, (batch, seq))

@@ -17,6 +17,13 @@ from errors import ConfigError, is_integer
 CHOICES = ("auto", True, False)
 
 
+def quiet_lru_cache_notice() -> None:
+    """Silence dynamo's notice that it traces through functools.lru_cache: our cached helpers
+    (causal masks, import checks) are pure functions of their arguments, the case it cannot
+    check for itself. The notice is only raised while tracing."""
+    warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function.*")
+
+
 def wants_compile(option, device: torch.device) -> bool:
     """``compile``: true, false, or auto (true on CUDA, where it pays; false on CPU, where the
     first steps would wait for the C++ compiler)."""
@@ -37,16 +44,13 @@ class CompiledLoss:
         # the basic launcher, the tests) would reach its recompile limit (8) and silently
         # run eager. One model trains per process at a time, so a fresh cache per model.
         torch._dynamo.reset()
+        quiet_lru_cache_notice()
         self.compiled: Callable | None = torch.compile(model.loss)
 
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
             try:
-                with warnings.catch_warnings():
-                    # our lru_cached helpers (causal masks, import checks) are pure functions of
-                    # their arguments, which is the case dynamo's warning says it cannot check
-                    warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function.*")
-                    return self.compiled(idx, targets)
+                return self.compiled(idx, targets)
             except torch._dynamo.exc.TorchDynamoException as e:
                 reason = " ".join(str(e).split())[:300]
                 warnings.warn(f"compile: {self.label} cannot be compiled ({type(e).__name__}: {reason}); "
