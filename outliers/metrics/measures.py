@@ -104,21 +104,19 @@ def weight_outliers(probe: Probe) -> dict[str, float]:
     """The seed's column ratio of every Linear, the FFN down projections singled out, and
     whether the top down-projection input channel is its top weight column."""
     out: dict[str, float] = {}
-    linear_stats = {m: W.weight_stats(m.weight) for m in probe.model.modules() if isinstance(m, torch.nn.Linear)}
-    blocks = list(probe.model.transformer.h)
-    for layer, block in enumerate(blocks):
-        stats = linear_stats[block.mlp.c_proj]
+    down = [W.weight_stats(w) for w in probe.result.down_weights]
+    for layer, (stats, weight) in enumerate(zip(down, probe.result.down_weights)):
         out[f"outliers/weight/down_proj_col_ratio/layer_{layer}"] = stats["col_ratio"]
         out[f"outliers/weight/down_proj_col_ratio_median/layer_{layer}"] = stats["col_ratio_median"]
-        align = W.channel_alignment(probe.result.down_input[layer], block.mlp.c_proj.weight)
+        align = W.channel_alignment(probe.result.down_input[layer], weight)
         out[f"outliers/weight/down_proj_aligned/layer_{layer}"] = float(align["aligned"])
-    down = [linear_stats[block.mlp.c_proj] for block in blocks]
     out["outliers/weight/down_proj_col_ratio/max"] = max(s["col_ratio"] for s in down)
     out["outliers/weight/down_proj_kurtosis/max"] = max(s["kurtosis"] for s in down)
     out["outliers/weight/down_proj_aligned/frac"] = sum(
-        out[f"outliers/weight/down_proj_aligned/layer_{layer}"] for layer in range(len(blocks))) / len(blocks)
+        out[f"outliers/weight/down_proj_aligned/layer_{layer}"] for layer in range(len(down))) / len(down)
+    linear_stats = [W.weight_stats(w) for w in probe.result.linear_weights]
     for name in ("col_ratio", "row_ratio", "kurtosis"):
-        out[f"outliers/weight/{name}/max"] = max(s[name] for s in linear_stats.values())
+        out[f"outliers/weight/{name}/max"] = max(s[name] for s in linear_stats)
     return out
 
 

@@ -26,6 +26,8 @@ class ProbeResult:
     # Bondarenko et al.'s tensor set, by module name: h.<l>.ln_1, h.<l>.attn.c_proj, h.<l>.ln_2,
     # h.<l>.mlp.c_proj, h.<l> (the block output), ln_f
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    down_weights: list[torch.Tensor] = field(default_factory=list)  # n_layer x (C, hidden): W of each down projection
+    linear_weights: list[torch.Tensor] = field(default_factory=list)  # every projection's weight, (out, in)
     # (B, T) next-token cross-entropy at each position of the probe batch; NaN at the last,
     # whose target the batch does not hold
     token_loss: torch.Tensor | None = None
@@ -67,6 +69,8 @@ def probe(model: GPT, idx: torch.Tensor, token_loss: bool = True) -> ProbeResult
             result.token_loss = F.pad(loss, (0, 1), value=math.nan)
         result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(blocks))]
         result.attention = [dict(block.attn.probe_out) for block in blocks]
+        result.down_weights = [block.mlp.c_proj.weight.detach() for block in blocks]
+        result.linear_weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
     finally:
         for handle in handles:
             handle.remove()

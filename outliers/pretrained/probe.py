@@ -1,0 +1,87 @@
+"""The outlier probe of a Hugging Face causal LM: the same ``ProbeResult`` as our GPT's probe
+(outliers.monitor.probes), so every ``@measure`` and figure runs on it unchanged.
+
+The model runs one sequence at a time (a 1B model's eager attention over a batch would
+hold every layer's (B, H, T, T) weights at once) and the captures are concatenated."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from outliers.metrics import Probe, run_measures
+from outliers.metrics.tokens import position_classes
+from outliers.monitor.probes import ProbeResult
+from outliers.pretrained.attention import HeadTap, use_probe_attention
+from outliers.pretrained.families import Family, linear_weights
+
+
+def _first(output):
+    """A decoder layer's hidden states, whether it returns a tensor or a tuple."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def prepare(model: nn.Module, family: Family) -> list[HeadTap]:
+    """Switch ``model`` to the probe attention and give each of its attention layers a tap
+    (idle until recording or editing); returns the taps, by layer."""
+    use_probe_attention(model)
+    taps = []
+    for attention in family.attentions(model):
+        attention.outlier_tap = HeadTap()
+        taps.append(attention.outlier_tap)
+    return taps
+
+
+@torch.no_grad()
+def probe_hf(model: nn.Module, family: Family, idx: torch.Tensor) -> ProbeResult:
+    """Run ``model`` (prepared with ``prepare``) on token ids ``idx`` (B, T) in eval mode, one
+    sequence at a time, and return what the probe points held (family.watched, the down
+    projections' inputs, every attention layer's weights, max logit and values)."""
+    taps = [attention.outlier_tap for attention in family.attentions(model)]
+    watched = family.watched(model)
+    downs = family.down_projections(model)
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
+    down_inputs: list[list[torch.Tensor]] = [[] for _ in downs]
+    handles = []
+    was_training = model.training
+
+    def keep(name):
+        return lambda module, inputs, output: captured[name].append(_first(output).detach())
+
+    def keep_input(layer):
+        return lambda module, inputs: down_inputs[layer].append(inputs[0].detach())
+
+    try:
+        handles += [module.register_forward_hook(keep(name)) for name, module in watched.items()]
+        handles += [down.register_forward_pre_hook(keep_input(layer)) for layer, down in enumerate(downs)]
+        for tap in taps:
+            tap.record, tap.calls = True, []
+        model.eval()
+        device = next(model.parameters()).device
+        for row in idx:
+            model(input_ids=row[None].to(device), use_cache=False)
+        result = ProbeResult(tensors={name: torch.cat(parts) for name, parts in captured.items()})
+        result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(downs))]
+        result.down_input = [torch.cat(parts) for parts in down_inputs]
+        for tap in taps:
+            extras = {name: torch.cat([call[name] for call in tap.calls]) for name in tap.calls[0]}
+            extras["null_mass"] = extras["probs"].new_zeros(extras["probs"].shape[:-1])  # softmax: rows sum to 1
+            result.attention.append(extras)
+        result.down_weights = [w.detach() for w in family.down_weights(model)]
+        result.linear_weights = [w.detach() for w in linear_weights(model)]
+    finally:
+        for handle in handles:
+            handle.remove()
+        for tap in taps:
+            tap.record, tap.calls = False, []
+        model.train(was_training)
+    return result
+
+
+def measure_hf(model: nn.Module, family: Family, idx: torch.Tensor, token_classes: torch.Tensor | None = None,
+               **thresholds) -> tuple[ProbeResult, dict[str, float]]:
+    """``probe_hf`` and every declared measure of it: outliers.monitor.probes.measure_model for
+    a Hugging Face model."""
+    result = probe_hf(model, family, idx)
+    positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
+    return result, run_measures(Probe(result, model, positions, **thresholds))
