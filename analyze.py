@@ -1,19 +1,25 @@
-"""The outlier metrics of any checkpoint, by the same code as the OutlierMonitor's probes.
+"""The outlier metrics of any checkpoint or Hugging Face model, by the same code as the
+OutlierMonitor's probes, and the interventions that show what the outliers do.
 
     python analyze.py ckpt=outputs/runs/<date>/<run>/checkpoints/last.ckpt          # the run's probe windows
     python analyze.py ckpt=PATH text=FILE                                          # windows of a text file
     python analyze.py ckpt=ckpt.pt nanogpt.attention=ca_bias text=FILE             # a nanoGPT / seed-paper checkpoint
+    python analyze.py model=hf:PATH_OR_NAME text=FILE [dtype=bfloat16]             # a transformers causal LM
+    python analyze.py ... intervene=[massive_zero,massive_mean,sink_drop,super_weight]
 
 It prints the headline metrics, writes ``analysis.json`` (flat keys, the names the monitor
-logs, e.g. ``outliers/attn/sink_rate``) and the probe figures (``plots/``) into its run
-directory. Bad input (a missing or foreign checkpoint, a text shorter than one window, a
-vocabulary the model does not have) is one line, exit status 2.
+logs, e.g. ``outliers/attn/sink_rate``), the probe figures (``plots/``) and, with
+``intervene``, ``interventions.json`` into its run directory. Bad input (a missing or
+foreign checkpoint, a text shorter than one window, a vocabulary the model does not have,
+an unsupported model family, a hub name without a network) is one line, exit status 2.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -24,16 +30,72 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from data.tokenizers import build_tokenizer
+from data.tokenizers import TOKENIZERS, build_tokenizer
 from errors import ConfigError, exit_on_config_error
 from models.checkpoint import load_model
 from outliers.monitor import plots
 from outliers.metrics import declared, expand
 from outliers.metrics.tokens import vocabulary_classes
 from outliers.monitor.probes import data_domains, measure_model
+from outliers.pretrained import families, load, probe as hf_probe
 
 console = Console()
 THRESHOLDS = ("massive_abs", "massive_ratio", "token_ratio", "sink_eps", "sink_tokens")
+
+
+@dataclass
+class Subject:
+    """What is analysed: the model, how to run and probe it, and its windows."""
+    name: str
+    model: torch.nn.Module
+    family: families.Family
+    idx: torch.Tensor                      # (windows, window) token ids
+    decode: object                         # id -> text
+    logits: object                         # (model, ids) -> logits
+    measure: object                        # (idx, token classes, **thresholds and domains) -> (result, metrics)
+    vocab_size: int = 0
+    domains: dict = field(default_factory=dict)
+
+
+def checkpoint_subject(cfg: DictConfig) -> Subject:
+    model, data_config = load_model(cfg.ckpt, cfg.get("nanogpt"))
+    model.eval()
+    idx, decode, vocab_size, domains = probe_windows(cfg, model.block_size, data_config)
+    if vocab_size > model.config["vocab_size"]:
+        raise ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids, the model only "
+                          f"{model.config['vocab_size']} (nanogpt.tokenizer= or a checkpoint with its data config)")
+    return Subject(str(cfg.ckpt), model, families.OURS, idx, decode, lambda m, ids: m(ids),
+                   lambda idx, classes, **kw: measure_model(model, idx, classes, **kw), vocab_size, domains)
+
+
+def hf_subject(cfg: DictConfig) -> Subject:
+    name = str(cfg.hf)
+    if cfg.text is None:
+        raise ConfigError("a Hugging Face model needs a text to analyse: give text=FILE")
+    path = Path(cfg.text)
+    if not path.is_file():
+        raise ConfigError(f"text file not found: {path}")
+    model, tokenizer, family = load.load_hf(name, str(cfg.dtype))
+    text = path.read_text(errors="replace")
+    if tokenizer is None or cfg.tokenizer is not None:  # the model's own tokenizer unless one is asked for
+        if cfg.tokenizer is None:
+            raise ConfigError(f"{name} has no tokenizer files: give tokenizer= (one of {', '.join(TOKENIZERS)})")
+        ours = build_tokenizer(cfg.tokenizer)
+        ids, bos, decode = ours.encode_batch([text])[0].astype("int64"), None, lambda t: ours.decode([t])
+    else:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos, decode = load.leading_bos(tokenizer), lambda t: tokenizer.decode([t])
+    context = load.context_length(model) or load.DEFAULT_WINDOW
+    window = int(cfg.window or min(load.DEFAULT_WINDOW, context))
+    if window > context:
+        raise ConfigError(f"window={window}: the model's context is {context} tokens")
+    idx = load.text_windows(ids, window, int(cfg.windows), bos, str(path))
+    vocab = model.get_input_embeddings().num_embeddings
+    if int(idx.max()) >= vocab:
+        raise ConfigError(f"vocabulary mismatch: the text has token id {int(idx.max())}, the model only {vocab} ids")
+    hf_probe.prepare(model, family)
+    return Subject(name, model, family, idx, decode, load.logits_of,
+                   lambda idx, classes, **kw: hf_probe.measure_hf(model, family, idx, classes, **kw), vocab)
 
 
 def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
@@ -58,14 +120,8 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
     window = int(cfg.window or block_size)
     if not 2 <= window <= block_size:
         raise ConfigError(f"window={window}: choose 2 to the model's block size {block_size}")
-    per = window - (bos is not None)  # text tokens per window
-    ids = torch.as_tensor(tokenizer.encode_batch([path.read_text(errors="replace")])[0].astype("int64"))
-    count = min(int(cfg.windows), len(ids) // per)
-    if count < 1:
-        raise ConfigError(f"{path} has {len(ids)} tokens, fewer than one window of {per}; use a longer text or window=")
-    rows = ids[: count * per].view(count, per)
-    if bos is not None:
-        rows = torch.cat([torch.full((count, 1), bos), rows], dim=1)
+    ids = tokenizer.encode_batch([path.read_text(errors="replace")])[0].astype("int64")
+    rows = load.text_windows(ids, window, int(cfg.windows), bos, str(path))
 
     def decode(token: int) -> str:
         return "<bos>" if token == bos else tokenizer.decode([token])
@@ -75,20 +131,29 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
 
 def analyze(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, verbose=False)
-    model, data_config = load_model(cfg.ckpt, cfg.get("nanogpt"))
-    idx, decode, vocab_size, domains = probe_windows(cfg, model.block_size, data_config)
-    if vocab_size > model.config["vocab_size"]:
-        raise ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids, the model only "
-                          f"{model.config['vocab_size']} (nanogpt.tokenizer= or a checkpoint with its data config)")
+    if (cfg.ckpt is None) == (cfg.hf is None):
+        raise ConfigError("give one of ckpt=PATH (a train.py or nanoGPT checkpoint) or model=hf:NAME_OR_PATH")
+    subject = hf_subject(cfg) if cfg.hf is not None else checkpoint_subject(cfg)
     thresholds = {key: cfg.callbacks.outlier_monitor[key] for key in THRESHOLDS}
-    result, metrics = measure_model(model, idx, vocabulary_classes(decode, vocab_size), **thresholds, **domains)
+    vocab = subject.vocab_size
+    result, metrics = subject.measure(subject.idx, vocabulary_classes(subject.decode, vocab), **thresholds,
+                                      **subject.domains)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"ckpt": str(cfg.ckpt), "text": cfg.text, "windows": idx.shape[0], "window": idx.shape[1]}
+    meta = {"ckpt": subject.name, "text": cfg.text, "windows": subject.idx.shape[0], "window": subject.idx.shape[1]}
     (out / "analysis.json").write_text(json.dumps({**meta, **metrics}, indent=2, sort_keys=True))
-    labels = [decode(int(t)) for t in idx[0]]
-    plots.save_figures(plots.probe_figures(result, metrics, labels), out / "plots")
+    labels = [subject.decode(int(t)) for t in subject.idx[0]]
+    figures = plots.probe_figures(result, metrics, labels)
+    figures["weight_columns"] = plots.weight_columns(metrics, "FFN down-projection column ratios per layer")
+    plots.save_figures(figures, out / "plots")
     print_headline(metrics, meta)
+    if cfg.intervene:
+        from outliers.pretrained.interventions import run_interventions
+
+        rows = run_interventions(subject.model, subject.family, subject.idx, list(cfg.intervene), result, metrics,
+                                 thresholds, subject.logits)
+        (out / "interventions.json").write_text(json.dumps(rows, indent=2))
+        print_interventions(rows)
     console.print(f"[bold]Analysis:[/] {escape(str(out / 'analysis.json'))} and {escape(str(out / 'plots'))}/")
     return metrics
 
@@ -104,11 +169,27 @@ def print_headline(metrics: dict[str, float], meta: dict) -> None:
     console.print(table)
 
 
+def print_interventions(rows: list[dict]) -> None:
+    table = Table(title="Interventions (perplexity on the windows, next-token KL to the unmodified model)")
+    for column in ("intervention", "edited", "perplexity", "KL"):
+        table.add_column(column, justify="left" if column in ("intervention", "edited") else "right")
+    for row in rows:
+        table.add_row(row["name"], escape(str(row["edited"])), f"{row['ppl']:.4g}", f"{row['kl']:.4g}")
+    console.print(table)
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     with exit_on_config_error(console):
         analyze(cfg)
 
 
+def hf_argument(arg: str) -> str:
+    """``model=hf:NAME`` as the ``hf=NAME`` key: Hydra reads ``model=`` as a choice in the
+    training configs' model group, which analyze.yaml does not use."""
+    return "hf=" + arg.removeprefix("model=hf:") if arg.startswith("model=hf:") else arg
+
+
 if __name__ == "__main__":
+    sys.argv = [hf_argument(arg) for arg in sys.argv]
     main()

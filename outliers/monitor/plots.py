@@ -110,6 +110,27 @@ def attention_maps(maps: list[tuple[str, torch.Tensor]], title: str, max_tokens:
     return fig
 
 
+def weight_columns(metrics: dict[str, float], title: str) -> Figure:
+    """The seed paper's weight-outlier picture per layer: the largest and the median column
+    ratio max|W|/mean|W| of each FFN down projection (log y), layers whose top weight column
+    is the top input-activation channel marked."""
+    layers = sorted(int(k.rsplit("_", 1)[1]) for k in metrics if k.startswith("outliers/weight/down_proj_col_ratio/layer_"))
+    fig = new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    top = [metrics[f"outliers/weight/down_proj_col_ratio/layer_{l}"] for l in layers]
+    ax.plot(layers, top, color="tab:red", marker="o", label="largest column ratio")
+    ax.plot(layers, [metrics[f"outliers/weight/down_proj_col_ratio_median/layer_{l}"] for l in layers],
+            color="tab:gray", marker="D", linestyle="--", label="median column ratio")
+    aligned = [l for l in layers if metrics.get(f"outliers/weight/down_proj_aligned/layer_{l}")]
+    if aligned:
+        ax.scatter(aligned, [top[layers.index(l)] for l in aligned], s=160, facecolors="none", edgecolors="black",
+                   label="top column = top activation channel")
+    layer_axes(ax, "max|W| / mean|W| per column (log)")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
 def history(history: list[dict[str, float]], keys: list[str], title: str) -> Figure:
     """One panel per metric (up to 8): value vs step; log y when positive and spanning > 20x."""
     keys = list(keys)[:MAX_PANELS]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from errors import ConfigError
 from outliers.metrics import Probe, run_measures
 from outliers.metrics.tokens import position_classes
 from outliers.monitor.probes import ProbeResult
@@ -60,6 +61,11 @@ def probe_hf(model: nn.Module, family: Family, idx: torch.Tensor) -> ProbeResult
         device = next(model.parameters()).device
         for row in idx:
             model(input_ids=row[None].to(device), use_cache=False)
+        silent = [layer for layer, tap in enumerate(taps) if not tap.calls]
+        if silent:
+            raise ConfigError(f"{type(model).__name__} did not compute attention through transformers' attention "
+                              f"interface in layers {silent}: its attention weights cannot be read (it needs eager "
+                              "attention)")
         result = ProbeResult(tensors={name: torch.cat(parts) for name, parts in captured.items()})
         result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(downs))]
         result.down_input = [torch.cat(parts) for parts in down_inputs]
