@@ -53,7 +53,7 @@ class Subject:
     decode: object                         # id -> text
     logits: object                         # (model, ids) -> logits
     measure: object                        # (idx, token classes, **thresholds and domains) -> (result, metrics)
-    vocab_size: int = 0
+    vocab_size: int = 0                    # the tokenizer's ids: every one gets a position class
     domains: dict = field(default_factory=dict)
 
 
@@ -82,9 +82,10 @@ def hf_subject(cfg: DictConfig) -> Subject:
             raise ConfigError(f"{name} has no tokenizer files: give tokenizer= (one of {', '.join(TOKENIZERS)})")
         ours = build_tokenizer(cfg.tokenizer)
         ids, bos, decode = ours.encode_batch([text])[0].astype("int64"), None, lambda t: ours.decode([t])
+        classes = ours.vocab_size  # the ids the position classes are needed for
     else:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos, decode = load.leading_bos(tokenizer), lambda t: tokenizer.decode([t])
+        bos, decode, classes = load.leading_bos(tokenizer), lambda t: tokenizer.decode([t]), len(tokenizer)
     context = load.context_length(model) or load.DEFAULT_WINDOW
     window = int(cfg.window or min(load.DEFAULT_WINDOW, context))
     if window > context:
@@ -95,7 +96,8 @@ def hf_subject(cfg: DictConfig) -> Subject:
         raise ConfigError(f"vocabulary mismatch: the text has token id {int(idx.max())}, the model only {vocab} ids")
     hf_probe.prepare(model, family)
     return Subject(name, model, family, idx, decode, load.logits_of,
-                   lambda idx, classes, **kw: hf_probe.measure_hf(model, family, idx, classes, **kw), vocab)
+                   lambda idx, token_classes, **kw: hf_probe.measure_hf(model, family, idx, token_classes, **kw),
+                   classes)
 
 
 def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):

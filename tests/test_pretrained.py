@@ -23,21 +23,21 @@ from tests.test_analyze import compose_analyze
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=256, max_position_embeddings=64)
+SIZES = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64)
 
 
-def tiny(family: str):
-    """A random model of one family: 3 layers, width 64, 4 heads, byte vocabulary."""
+def tiny(family: str, vocab_size: int = 256):
+    """A random model of one family: 3 layers, width 64, 4 heads, a byte vocabulary (or larger)."""
     torch.manual_seed(0)
-    t = transformers
+    t, sizes = transformers, dict(SIZES, vocab_size=vocab_size)
     config = {
-        "gpt2": lambda: t.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=64, vocab_size=256,
+        "gpt2": lambda: t.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=64, vocab_size=vocab_size,
                                      activation_function="gelu", bos_token_id=None, eos_token_id=None),
-        "llama": lambda: t.LlamaConfig(intermediate_size=128, num_key_value_heads=2, **SIZES),
-        "mistral": lambda: t.MistralConfig(intermediate_size=128, num_key_value_heads=2, sliding_window=8, **SIZES),
-        "qwen2": lambda: t.Qwen2Config(intermediate_size=128, num_key_value_heads=2, **SIZES),
-        "opt": lambda: t.OPTConfig(ffn_dim=128, word_embed_proj_dim=64, **SIZES),
-        "gpt_neox": lambda: t.GPTNeoXConfig(intermediate_size=128, **SIZES),
+        "llama": lambda: t.LlamaConfig(intermediate_size=128, num_key_value_heads=2, **sizes),
+        "mistral": lambda: t.MistralConfig(intermediate_size=128, num_key_value_heads=2, sliding_window=8, **sizes),
+        "qwen2": lambda: t.Qwen2Config(intermediate_size=128, num_key_value_heads=2, **sizes),
+        "opt": lambda: t.OPTConfig(ffn_dim=128, word_embed_proj_dim=64, **sizes),
+        "gpt_neox": lambda: t.GPTNeoXConfig(intermediate_size=128, **sizes),
     }[family]()
     config._attn_implementation = "eager"
     return transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -110,7 +110,7 @@ def test_a_gpt2_model_and_its_conversion_to_our_gpt_give_identical_metrics():
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "opt", "gpt_neox"])
 def test_analyze_finds_a_planted_massive_activation(tmp_path, name):
-    model = tiny(name)
+    model = tiny(name, vocab_size=320)  # more ids than the byte tokenizer has: a padded vocabulary
     token, layer, channel = ord("x"), 1, 42
     plant_massive(model, name, layer, token, channel)
     model.save_pretrained(tmp_path / "model")
@@ -125,6 +125,31 @@ def test_analyze_finds_a_planted_massive_activation(tmp_path, name):
     written = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert written["window"] == 32 and written["windows"] == 4
     assert (tmp_path / "out" / "plots" / "weight_columns.png").stat().st_size > 5000
+
+
+def test_the_models_own_tokenizer_and_its_leading_bos(tmp_path):
+    """A directory with tokenizer files: windows are cut from the text's own ids, and each
+    starts with the BOS that the tokenizer puts before a text (as LLaMA's does)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    text = "the cat sat on the mat and the dog sat on the log " * 8
+    words = ["<s>", "<unk>", *sorted(set(text.split()))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>")
+    tiny("llama").save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_text(text)
+    analyze.analyze(compose_analyze(tmp_path / "out", f"hf={tmp_path / 'model'}", f"text={tmp_path / 'text.txt'}",
+                                    "window=9", "windows=3"))
+    written = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert written["windows"] == 3 and written["window"] == 9
+    ids = [words.index(w) for w in text.split()]
+    subject = analyze.hf_subject(compose_analyze(tmp_path / "out2", f"hf={tmp_path / 'model'}",
+                                                 f"text={tmp_path / 'text.txt'}", "window=9", "windows=3"))
+    assert subject.idx.tolist() == [[0, *ids[0:8]], [0, *ids[8:16]], [0, *ids[16:24]]]
+    assert subject.decode(words.index("cat")) == "cat"
 
 
 @pytest.mark.parametrize("case, message", [

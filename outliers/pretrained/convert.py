@@ -7,6 +7,7 @@ only when the transformers config says ``activation_function="gelu"``."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -51,3 +52,29 @@ def gpt_to_hf_gpt2(model: GPT):
     if missing or unexpected:
         raise ConfigError(f"GPT does not map onto GPT-2: missing {missing[:6]}, unexpected {unexpected[:6]}")
     return hf.eval()
+
+
+def export(checkpoint: str | Path, directory: str | Path) -> Path:
+    """A train.py / nanoGPT checkpoint of a softmax GPT-2-style GPT, saved as a transformers
+    GPT-2 model directory (safetensors): ``analyze.py model=hf:DIR`` reads it like any hub model."""
+    from models.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    gpt_to_hf_gpt2(model).save_pretrained(directory)
+    return Path(directory)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from rich.console import Console
+
+    from errors import exit_on_config_error
+
+    parser = argparse.ArgumentParser(description="Save a softmax GPT checkpoint as a transformers GPT-2 directory.")
+    parser.add_argument("checkpoint", help="a train.py checkpoint (last.ckpt) or a nanoGPT ckpt.pt")
+    parser.add_argument("directory", help="where to write config.json and model.safetensors")
+    args = parser.parse_args()
+    console = Console()
+    with exit_on_config_error(console):
+        console.print(f"Saved {export(args.checkpoint, args.directory)}")
