@@ -51,7 +51,6 @@ class Subject:
     family: families.Family
     idx: torch.Tensor                      # (windows, window) token ids
     decode: object                         # id -> text
-    logits: object                         # (model, ids) -> logits
     measure: object                        # (idx, token classes, **thresholds and domains) -> (result, metrics)
     vocab_size: int = 0                    # the tokenizer's ids: every one gets a position class
     domains: dict = field(default_factory=dict)
@@ -64,7 +63,7 @@ def checkpoint_subject(cfg: DictConfig) -> Subject:
     if vocab_size > model.config["vocab_size"]:
         raise ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids, the model only "
                           f"{model.config['vocab_size']} (nanogpt.tokenizer= or a checkpoint with its data config)")
-    return Subject(str(cfg.ckpt), model, families.OURS, idx, decode, lambda m, ids: m(ids),
+    return Subject(str(cfg.ckpt), model, families.OURS, idx, decode,
                    lambda idx, classes, **kw: measure_model(model, idx, classes, **kw), vocab_size, domains)
 
 
@@ -95,7 +94,7 @@ def hf_subject(cfg: DictConfig) -> Subject:
     if int(idx.max()) >= vocab:
         raise ConfigError(f"vocabulary mismatch: the text has token id {int(idx.max())}, the model only {vocab} ids")
     hf_probe.prepare(model, family)
-    return Subject(name, model, family, idx, decode, load.logits_of,
+    return Subject(name, model, family, idx, decode,
                    lambda idx, token_classes, **kw: hf_probe.measure_hf(model, family, idx, token_classes, **kw),
                    classes)
 
@@ -152,8 +151,8 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
     if cfg.intervene:
         from outliers.pretrained.interventions import run_interventions
 
-        rows = run_interventions(subject.model, subject.family, subject.idx, list(cfg.intervene), result, metrics,
-                                 thresholds, subject.logits)
+        names = [cfg.intervene] if isinstance(cfg.intervene, str) else list(cfg.intervene)  # intervene=NAME too
+        rows = run_interventions(subject.model, subject.family, subject.idx, names, result, metrics, thresholds)
         (out / "interventions.json").write_text(json.dumps(rows, indent=2))
         print_interventions(rows)
     console.print(f"[bold]Analysis:[/] {escape(str(out / 'analysis.json'))} and {escape(str(out / 'plots'))}/")
