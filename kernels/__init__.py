@@ -10,7 +10,8 @@ Three families, by what the variant needs from the logits:
   needed (docs/attention.md, "Backends").
 - ``elementwise``: any P = f(s) (sigmoid, softpick, clipped softmax). Backends: triton
   (fused kernels in kernels/triton/, CUDA; the variant names its kernel with ``fused``),
-  eager.
+  eager. Eager without probabilities runs in causal query chunks (kernels/chunked.py),
+  which skip most of the masked upper triangle; with them, the reference.
 
 ``auto`` picks the fastest usable backend: flash-attn, FlexAttention and triton only for
 CUDA tensors, and triton only when it imports and the variant offers a fused kernel; on
@@ -30,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import flash, naive, slot
+from kernels import chunked, flash, naive, slot
 from kernels import triton as triton_kernels
 from errors import ConfigError
 
@@ -162,5 +163,7 @@ def elementwise_attention(q, k, v, probs_fn, *, fused=None, backend="auto", drop
     if chosen == "triton":
         name, params = fused
         return triton_kernels.fused_attention(name, q, k, v, **params), None
+    if not need_probs:
+        return chunked.elementwise_attention(q, k, v, probs_fn, dropout_p), None
     o, p = naive.elementwise_attention(q, k, v, probs_fn, dropout_p, probs_transform)
     return o, (p if return_probs else None)

@@ -4,7 +4,8 @@ tests/conftest.py sets TRITON_INTERPRET=1 before triton is first imported, which
 triton decides (an env var set later, in this module, would come too late).
 
 The reference of each kernel is its variant's own dense formula (models/attention/), run
-by the variant's ``attend`` with backend=eager, i.e. kernels.naive.elementwise_attention.
+by the variant's ``attend`` with backend=eager, i.e. the causal query chunks of
+kernels/chunked.py (tests/test_kernels_chunked.py compares them with kernels/naive.py).
 """
 
 from __future__ import annotations
