@@ -74,7 +74,7 @@ def hf_subject(cfg: DictConfig) -> Subject:
     path = Path(cfg.text)
     if not path.is_file():
         raise ConfigError(f"text file not found: {path}")
-    model, tokenizer, family = load.load_hf(name, str(cfg.dtype))
+    model, tokenizer, family = load.load_hf(name, str(cfg.dtype), str(cfg.device))
     text = path.read_text(errors="replace")
     if tokenizer is None or cfg.tokenizer is not None:  # the model's own tokenizer unless one is asked for
         if cfg.tokenizer is None:

@@ -158,6 +158,7 @@ def test_the_models_own_tokenizer_and_its_leading_bos(tmp_path):
     ("short", "fewer than one window"),
     ("no_tokenizer", "has no tokenizer files"),
     ("both", "give one of ckpt=PATH"),
+    ("device", "unknown device 'tpu'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, case, message):
     text = tmp_path / "text.txt"
@@ -168,7 +169,7 @@ def test_bad_input_is_one_clear_line(tmp_path, case, message):
     else:
         tiny("llama").save_pretrained(tmp_path / "model")
     model = "hf:some-org/no-such-model" if case == "offline" else f"hf:{tmp_path / 'model'}"
-    extra = {"short": ["tokenizer=byte"], "both": [f"ckpt={tmp_path / 'x.ckpt'}"]}.get(case, [])
+    extra = {"short": ["tokenizer=byte"], "both": [f"ckpt={tmp_path / 'x.ckpt'}"], "device": ["device=tpu"]}.get(case, [])
     result = subprocess.run([sys.executable, "analyze.py", f"model={model}", f"text={text}", *extra,
                              f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -143,6 +143,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path, corpu
 
     train.train(compose_train(run_dir, *common[:-1]))
     assert sorted(read_metric(run_dir, "train/loss")) == list(range(10))
+    assert not list(checkpoints.glob(".*.partial")), "the killed writer's temporary file is cleaned up"
     best = next(checkpoints.glob("step000010*"))
     (checkpoints / "last.ckpt").write_bytes((checkpoints / "last.ckpt").read_bytes()[:1000])
     assert train.resolve_ckpt_path("auto", run_dir) == (str(best), 10)

@@ -21,13 +21,20 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())[:200]
 
 
-def load_hf(name: str, dtype: str = "auto"):
+def load_hf(name: str, dtype: str = "auto", device: str = "auto"):
     """(model in eval mode, its tokenizer or None, its Family) for a local directory or a
-    hub name; ``dtype``: auto (the checkpoint's own, float32 if it names none) or one of DTYPES."""
+    hub name; ``dtype``: auto (the checkpoint's own, float32 if it names none) or one of DTYPES;
+    ``device``: auto (CUDA when there is one), cpu or cuda."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if dtype != "auto" and dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but this machine has no CUDA device; use device=cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     local = Path(name).expanduser().is_dir()
     source = str(Path(name).expanduser()) if local else name
     try:
@@ -50,7 +57,7 @@ def load_hf(name: str, dtype: str = "auto"):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, TypeError):
         tokenizer = None  # a directory without tokenizer files: analyze.py asks for tokenizer=
-    return model.eval(), tokenizer, family
+    return model.to(device).eval(), tokenizer, family
 
 
 def _checkpoint_dtype(config) -> torch.dtype:
