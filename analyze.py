@@ -155,6 +155,14 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
         rows = run_interventions(subject.model, subject.family, subject.idx, names, result, metrics, thresholds)
         (out / "interventions.json").write_text(json.dumps(rows, indent=2))
         print_interventions(rows)
+    if cfg.compress:
+        from outliers.compression.evaluation import print_results
+        from outliers.pretrained.compress import compression_results
+
+        names = [cfg.compress] if isinstance(cfg.compress, str) else list(cfg.compress)
+        results = compression_results(subject.model, subject.family, subject.idx, names)
+        (out / "compression.json").write_text(json.dumps(results, indent=2))
+        print_results(results, console)
     console.print(f"[bold]Analysis:[/] {escape(str(out / 'analysis.json'))} and {escape(str(out / 'plots'))}/")
     return metrics
 

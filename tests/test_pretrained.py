@@ -184,3 +184,29 @@ def test_a_model_that_bypasses_the_attention_interface_is_refused():
     model.config._attn_implementation = "sdpa"  # as a model with its own attention code would
     with pytest.raises(ConfigError, match="attention weights cannot be read"):
         probe_hf(model, family, torch.randint(0, 256, (1, 8)))
+
+
+def test_compression_of_a_gpt2_model_equals_that_of_its_conversion_to_our_gpt():
+    """The protocols on a transformers GPT-2 (Conv1D made nn.Linear, logits from its output)
+    score exactly as on the same weights in our GPT; the model itself is left untouched."""
+    from outliers.pretrained.compress import compression_results
+
+    hf = tiny("gpt2")
+    ours = GPT.from_nanogpt(hf_gpt2_to_nanogpt(hf.state_dict()), n_head=4).eval()
+    idx = torch.randint(0, 256, (3, 24))
+    before = {k: v.clone() for k, v in hf.state_dict().items()}
+    names = ["w8_absmax", "w4_per_channel", "prune50", "w8a8_linear", "clip_p99.9"]
+    got = compression_results(hf, families.family_of("gpt2"), idx, names)
+    want = compression_results(ours, families.OURS, idx, names)
+    assert set(got) == set(want) and len(got) == 1 + 4 * len(names)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert got["compress/w4_per_channel/kl"] > got["compress/w8_absmax/kl"] > 0  # 4 bits move it more than 8
+    assert all(torch.equal(before[k], v) for k, v in hf.state_dict().items())
+
+
+def test_a_protocol_that_needs_our_gpt_is_refused_for_a_transformers_model():
+    from outliers.pretrained.compress import compression_results
+
+    with pytest.raises(ConfigError, match=r"need this project's GPT .* choose from w8a8_linear"):
+        compression_results(tiny("llama"), families.family_of("llama"), torch.randint(0, 256, (1, 8)), ["w8a8"])

@@ -27,12 +27,16 @@ Protocol = Callable[..., nn.Module]
 
 # name -> protocol, in registration order (the report's order of the columns without a header)
 PROTOCOLS: dict[str, Protocol] = {}
+# the protocols that need what only our GPT has (its named activation points, its blocks' input
+# readers): a Hugging Face model runs the others (outliers/pretrained/compress.py)
+OUR_GPT_ONLY: set[str] = set()
 
 
-def protocol(name: str, column: str | None = None) -> Callable[[Protocol], Protocol]:
+def protocol(name: str, column: str | None = None, our_gpt_only: bool = False) -> Callable[[Protocol], Protocol]:
     """Decorator: register ``fn`` as the compression protocol ``name`` and declare its metrics
     (evaluation.evaluate_protocols computes them): ``compress/<name>/ppl_ratio``, with the
-    report column header ``column`` (None: no column), ``kl`` and ``top1_agreement``."""
+    report column header ``column`` (None: no column), ``kl`` and ``top1_agreement``.
+    ``our_gpt_only``: it reads modules that only models.gpt.GPT has."""
     def decorator(fn: Protocol) -> Protocol:
         old = PROTOCOLS.get(name)
         if old is not None and old.__qualname__ != fn.__qualname__:
@@ -43,6 +47,8 @@ def protocol(name: str, column: str | None = None) -> Callable[[Protocol], Proto
                 Metric(f"compress/{name}/top1_agreement", f"{name}: share of tokens whose most likely next "
                                                           "token is the full-precision model's"))
         PROTOCOLS[name] = fn
+        if our_gpt_only:
+            OUR_GPT_ONLY.add(name)
         return fn
     return decorator
 
@@ -56,7 +62,7 @@ def check_protocols(names: Iterable[str] | str | None) -> list[str]:
     return names
 
 
-@protocol("w8a8", column="W8A8 ppl ratio")
+@protocol("w8a8", column="W8A8 ppl ratio", our_gpt_only=True)
 def w8a8(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
     """Bondarenko et al.'s W8A8, with their code's default activation range, the running
     min-max: weights (Linear, embeddings, norms) 8-bit per tensor on MSE-searched ranges,
@@ -65,7 +71,7 @@ def w8a8(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn
     return _bondarenko_w8a8(model, calib_batches, None, keep_head_fp)
 
 
-@protocol("w8a8_p99999")
+@protocol("w8a8_p99999", our_gpt_only=True)
 def w8a8_p99999(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
     """``w8a8`` with running 0.001th / 99.999th percentiles as activation ranges (the
     estimator of their README's OPT INT8 command: running_minmax --percentile 99.999)."""
@@ -115,7 +121,7 @@ def clip_p999(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool =
     return clip_activations(model, calib_batches, 99.9)
 
 
-@protocol("smooth_w8a8")
+@protocol("smooth_w8a8", our_gpt_only=True)
 def smooth_w8a8(model: nn.Module, calib_batches: Iterable, *, keep_head_fp: bool) -> nn.Module:
     """OS+ / SmoothQuant shift and scale (alpha 0.5), then ``w8a8_linear`` calibrated on the
     result: their W8A8 quantizes the inputs of the Linear layers, which smoothing reshapes."""
