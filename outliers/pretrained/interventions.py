@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from errors import ConfigError
+from outliers.metrics import Probe
 from outliers.metrics.activations import f32, median_rows
 from outliers.metrics.attention import sink_scores
 from outliers.metrics.weights import channel_alignment, column_ratios
@@ -47,7 +48,8 @@ from outliers.pretrained.attention import drop_first_key
 from outliers.pretrained.families import OURS, Family, projection_weight
 from outliers.pretrained.load import logits_of
 
-DEFAULTS = {"massive_abs": 100.0, "massive_ratio": 1000.0, "sink_eps": 0.3, "sink_tokens": 64}  # as metrics.Probe
+DEFAULTS = {name: Probe.__dataclass_fields__[name].default  # the probe's own thresholds
+            for name in ("massive_abs", "massive_ratio", "sink_eps", "sink_tokens")}
 INTERVENTIONS: dict[str, Callable[[Plan], Edit]] = {}
 
 
@@ -233,7 +235,7 @@ def super_weight(plan: Plan) -> Edit:
     def apply(undo):
         for layer, col, _, _ in columns:
             W = projection_weight(downs[layer])  # a view: GPT-2's Conv1D is edited through its transpose
-            undo.append(lambda W=W, col=col, old=W[:, col].clone(): _set_column(W, col, old))
+            undo.append(lambda W=W, col=col, old=W[:, col].clone(): W.data[:, col].copy_(old))
             W[:, col] = 0
 
     def summary():
@@ -244,11 +246,6 @@ def super_weight(plan: Plan) -> Edit:
             f"layer {l} column {c} (ratio {q:.3g}, largest at row {r})" for l, c, r, q in columns), details
 
     return Edit("super_weight", apply, summary)
-
-
-@torch.no_grad()
-def _set_column(W: torch.Tensor, col: int, value: torch.Tensor) -> None:
-    W[:, col] = value
 
 
 # -- evaluation -------------------------------------------------------------------------------
