@@ -57,6 +57,7 @@ class Subject:
 
 
 def checkpoint_subject(cfg: DictConfig) -> Subject:
+    """A train.py or nanoGPT checkpoint, on its own probe windows or the windows of a text."""
     model, data_config = load_model(cfg.ckpt, cfg.get("nanogpt"))
     model.eval()
     idx, decode, vocab_size, domains = probe_windows(cfg, model.block_size, data_config)
@@ -68,12 +69,11 @@ def checkpoint_subject(cfg: DictConfig) -> Subject:
 
 
 def hf_subject(cfg: DictConfig) -> Subject:
+    """A transformers causal LM on the windows of a text, cut by its own tokenizer (or one of ours)."""
     name = str(cfg.hf)
     if cfg.text is None:
         raise ConfigError("a Hugging Face model needs a text to analyse: give text=FILE")
-    path = Path(cfg.text)
-    if not path.is_file():
-        raise ConfigError(f"text file not found: {path}")
+    path = text_file(cfg)
     model, tokenizer, family = load.load_hf(name, str(cfg.dtype), str(cfg.device))
     text = path.read_text(errors="replace")
     if tokenizer is None or cfg.tokenizer is not None:  # the model's own tokenizer unless one is asked for
@@ -110,9 +110,7 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
         datamodule.setup("validate")
         ids = datamodule.probe_batch(int(cfg.windows))
         return ids, datamodule.decode_token, datamodule.vocab_size, data_domains(datamodule, ids)
-    path = Path(cfg.text)
-    if not path.is_file():
-        raise ConfigError(f"text file not found: {path}")
+    path = text_file(cfg)
     if data_config and "tokenizer" not in data_config:
         raise ConfigError(f"{cfg.ckpt} was trained on data without a text tokenizer "
                           f"({data_config.get('_target_')}): leave out text= to analyse its own probe windows")
@@ -128,6 +126,13 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
         return "<bos>" if token == bos else tokenizer.decode([token])
 
     return rows, decode, tokenizer.vocab_size + (bos is not None), {}
+
+
+def text_file(cfg: DictConfig) -> Path:
+    path = Path(cfg.text)
+    if not path.is_file():
+        raise ConfigError(f"text file not found: {path}")
+    return path
 
 
 def analyze(cfg: DictConfig) -> dict[str, float]:
