@@ -87,6 +87,7 @@ def test_the_probe_attention_is_transformers_eager_attention(name):
         torch.testing.assert_close(result.attention[layer]["probs"], want.attentions[layer], rtol=1e-5, atol=1e-6)
     assert set(result.tensors) >= {"h.0.ln_1", "h.0.attn.c_proj", "h.0.ln_2", "h.0.mlp.c_proj", "h.0", "ln_f"}
     assert result.down_weights[0].shape == (64, result.down_input[0].shape[-1])  # (out, in), GPT-2's Conv1D too
+    assert model.get_output_embeddings() is model.lm_head  # the name keep_head_fp of the compression protocols finds
 
 
 def test_a_gpt2_model_and_its_conversion_to_our_gpt_give_identical_metrics():
