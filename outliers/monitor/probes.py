@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from models.gpt import GPT
 from outliers.metrics import Probe, run_measures
 from outliers.metrics.tokens import position_classes
+from outliers.pretrained.families import OURS, linear_weights
 
 
 @dataclass
@@ -31,15 +32,6 @@ class ProbeResult:
     # (B, T) next-token cross-entropy at each position of the probe batch; NaN at the last,
     # whose target the batch does not hold
     token_loss: torch.Tensor | None = None
-
-
-def _watched(model: GPT) -> dict[str, torch.nn.Module]:
-    out = {}
-    for layer, block in enumerate(model.transformer.h):
-        out.update({f"h.{layer}.ln_1": block.ln_1, f"h.{layer}.attn.c_proj": block.attn.c_proj,
-                    f"h.{layer}.ln_2": block.ln_2, f"h.{layer}.mlp.c_proj": block.mlp.c_proj, f"h.{layer}": block})
-    out["ln_f"] = model.transformer.ln_f
-    return out
 
 
 @torch.no_grad()
@@ -61,7 +53,7 @@ def probe(model: GPT, idx: torch.Tensor, token_loss: bool = True) -> ProbeResult
             block.attn.probe = True
             handles.append(block.mlp.c_proj.register_forward_pre_hook(
                 lambda mod, inp: result.down_input.append(inp[0].detach())))
-        handles += [module.register_forward_hook(keep(name)) for name, module in _watched(model).items()]
+        handles += [module.register_forward_hook(keep(name)) for name, module in OURS.watched(model).items()]
         model.eval()
         logits = model(idx)
         if token_loss:  # a float copy of (B, T, vocab) logits: only when something reads it
@@ -69,8 +61,8 @@ def probe(model: GPT, idx: torch.Tensor, token_loss: bool = True) -> ProbeResult
             result.token_loss = F.pad(loss, (0, 1), value=math.nan)
         result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(blocks))]
         result.attention = [dict(block.attn.probe_out) for block in blocks]
-        result.down_weights = [block.mlp.c_proj.weight.detach() for block in blocks]
-        result.linear_weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        result.down_weights = [w.detach() for w in OURS.down_weights(model)]
+        result.linear_weights = [w.detach() for w in linear_weights(model)]
     finally:
         for handle in handles:
             handle.remove()
