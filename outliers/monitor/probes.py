@@ -8,6 +8,8 @@ Hooks and probe flags are always removed afterwards."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from models.gpt import GPT
 from outliers.metrics import Probe, run_measures
 from outliers.metrics.tokens import position_classes
-from outliers.pretrained.families import OURS, linear_weights
+from outliers.pretrained.families import OURS, Family, linear_weights
 
 
 @dataclass
@@ -34,38 +36,57 @@ class ProbeResult:
     token_loss: torch.Tensor | None = None
 
 
+@contextmanager
+def probe_points(model: torch.nn.Module, family: Family) -> Iterator[Callable[[], ProbeResult]]:
+    """Forward hooks on ``family``'s probe points of ``model`` while the block runs (always
+    removed after). Yields ``collect()``: a ProbeResult of what the forwards so far passed
+    there (each point's outputs concatenated over the forwards, i.e. the batch), with the
+    down projections' and every projection's weights; the attention is the caller's."""
+    watched, downs = family.watched(model), family.down_projections(model)
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
+    down_inputs: list[list[torch.Tensor]] = [[] for _ in downs]
+
+    def keep(name):  # a transformers decoder layer returns a tuple, hidden states first
+        return lambda module, inputs, out: outputs[name].append((out[0] if isinstance(out, tuple) else out).detach())
+
+    def keep_input(layer):
+        return lambda module, inputs: down_inputs[layer].append(inputs[0].detach())
+
+    def collect() -> ProbeResult:
+        result = ProbeResult(tensors={name: torch.cat(parts) for name, parts in outputs.items()})
+        result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(downs))]
+        result.down_input = [torch.cat(parts) for parts in down_inputs]
+        result.down_weights = [w.detach() for w in family.down_weights(model)]
+        result.linear_weights = [w.detach() for w in linear_weights(model)]
+        return result
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in watched.items()]
+    handles += [down.register_forward_pre_hook(keep_input(layer)) for layer, down in enumerate(downs)]
+    try:
+        yield collect
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def probe(model: GPT, idx: torch.Tensor, token_loss: bool = True) -> ProbeResult:
     """Run ``model`` on token ids ``idx`` in eval mode and return the captured tensors (with
     ``token_loss``: the next-token loss at each position, for the per-domain measures)."""
-    result = ProbeResult()
     blocks = list(model.transformer.h)
-    handles = []
     was_training = model.training
-
-    def keep(name):
-        def hook(module, inputs, output):
-            result.tensors[name] = output.detach()
-        return hook
-
     try:
-        for block in blocks:
-            block.attn.probe = True
-            handles.append(block.mlp.c_proj.register_forward_pre_hook(
-                lambda mod, inp: result.down_input.append(inp[0].detach())))
-        handles += [module.register_forward_hook(keep(name)) for name, module in OURS.watched(model).items()]
-        model.eval()
-        logits = model(idx)
+        with probe_points(model, OURS) as collect:
+            for block in blocks:
+                block.attn.probe = True
+            model.eval()
+            logits = model(idx)
+            result = collect()
         if token_loss:  # a float copy of (B, T, vocab) logits: only when something reads it
             loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), idx[:, 1:], reduction="none")  # (B, T-1)
             result.token_loss = F.pad(loss, (0, 1), value=math.nan)
-        result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(blocks))]
         result.attention = [dict(block.attn.probe_out) for block in blocks]
-        result.down_weights = [w.detach() for w in OURS.down_weights(model)]
-        result.linear_weights = [w.detach() for w in linear_weights(model)]
     finally:
-        for handle in handles:
-            handle.remove()
         for block in blocks:
             block.attn.probe = False
             block.attn.probe_out = {}

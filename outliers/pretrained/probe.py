@@ -12,14 +12,9 @@ from torch import nn
 from errors import ConfigError
 from outliers.metrics import Probe, run_measures
 from outliers.metrics.tokens import position_classes
-from outliers.monitor.probes import ProbeResult
+from outliers.monitor.probes import ProbeResult, probe_points
 from outliers.pretrained.attention import HeadTap, use_probe_attention
-from outliers.pretrained.families import Family, linear_weights
-
-
-def _first(output):
-    """A decoder layer's hidden states, whether it returns a tensor or a tuple."""
-    return output[0] if isinstance(output, tuple) else output
+from outliers.pretrained.families import Family
 
 
 def prepare(model: nn.Module, family: Family) -> list[HeadTap]:
@@ -39,45 +34,26 @@ def probe_hf(model: nn.Module, family: Family, idx: torch.Tensor) -> ProbeResult
     sequence at a time, and return what the probe points held (family.watched, the down
     projections' inputs, every attention layer's weights, max logit and values)."""
     taps = [attention.outlier_tap for attention in family.attentions(model)]
-    watched = family.watched(model)
-    downs = family.down_projections(model)
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
-    down_inputs: list[list[torch.Tensor]] = [[] for _ in downs]
-    handles = []
     was_training = model.training
-
-    def keep(name):
-        return lambda module, inputs, output: captured[name].append(_first(output).detach())
-
-    def keep_input(layer):
-        return lambda module, inputs: down_inputs[layer].append(inputs[0].detach())
-
     try:
-        handles += [module.register_forward_hook(keep(name)) for name, module in watched.items()]
-        handles += [down.register_forward_pre_hook(keep_input(layer)) for layer, down in enumerate(downs)]
-        for tap in taps:
-            tap.record, tap.calls = True, []
-        model.eval()
-        device = next(model.parameters()).device
-        for row in idx:
-            model(input_ids=row[None].to(device), use_cache=False)
+        with probe_points(model, family) as collect:
+            for tap in taps:
+                tap.record, tap.calls = True, []
+            model.eval()
+            device = next(model.parameters()).device
+            for row in idx:
+                model(input_ids=row[None].to(device), use_cache=False)
+            result = collect()
         silent = [layer for layer, tap in enumerate(taps) if not tap.calls]
         if silent:
             raise ConfigError(f"{type(model).__name__} did not compute attention through transformers' attention "
                               f"interface in layers {silent}: its attention weights cannot be read (it needs eager "
                               "attention)")
-        result = ProbeResult(tensors={name: torch.cat(parts) for name, parts in captured.items()})
-        result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(downs))]
-        result.down_input = [torch.cat(parts) for parts in down_inputs]
         for tap in taps:
             extras = {name: torch.cat([call[name] for call in tap.calls]) for name in tap.calls[0]}
             extras["null_mass"] = extras["probs"].new_zeros(extras["probs"].shape[:-1])  # softmax: rows sum to 1
             result.attention.append(extras)
-        result.down_weights = [w.detach() for w in family.down_weights(model)]
-        result.linear_weights = [w.detach() for w in linear_weights(model)]
     finally:
-        for handle in handles:
-            handle.remove()
         for tap in taps:
             tap.record, tap.calls = False, []
         model.train(was_training)
