@@ -17,16 +17,16 @@ from errors import ConfigError
 from outliers.compression.evaluation import evaluate_protocols
 from outliers.compression.passes import working_copy
 from outliers.compression.protocols import OUR_GPT_ONLY, PROTOCOLS, check_protocols
-from outliers.pretrained.families import OURS, Family
+from outliers.pretrained.families import OURS, Family, projection_weight
 
 
 def conv1d_as_linear(module: nn.Module) -> nn.Linear:
     """transformers' Conv1D (y = x W + b with W (in, out)) as the nn.Linear it equals."""
-    weight = module.weight
-    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=module.bias is not None, device=weight.device,
+    weight = projection_weight(module)  # (out, in)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, device=weight.device,
                        dtype=weight.dtype)
     with torch.no_grad():
-        linear.weight.copy_(weight.t())
+        linear.weight.copy_(weight)
         if module.bias is not None:
             linear.bias.copy_(module.bias)
     return linear

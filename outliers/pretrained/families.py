@@ -8,7 +8,7 @@ same terms, so the interventions treat both alike."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -72,13 +72,13 @@ def _optional(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-_LLAMA_LIKE = dict(ln_1="input_layernorm", attn="self_attn", attn_out="self_attn.o_proj",
-                   ln_2="post_attention_layernorm", down="mlp.down_proj", layers="model.layers", final_norm="model.norm")
-
+GPT2 = Family("gpt2", ("gpt2",), layers="transformer.h", ln_1="ln_1", attn="attn", attn_out="attn.c_proj",
+              ln_2="ln_2", down="mlp.c_proj", final_norm="transformer.ln_f")
 FAMILIES = (
-    Family("gpt2", ("gpt2",), layers="transformer.h", ln_1="ln_1", attn="attn", attn_out="attn.c_proj", ln_2="ln_2",
-           down="mlp.c_proj", final_norm="transformer.ln_f"),
-    Family("llama", ("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
+    GPT2,
+    Family("llama", ("llama", "mistral", "qwen2", "qwen3"), layers="model.layers", ln_1="input_layernorm",
+           attn="self_attn", attn_out="self_attn.o_proj", ln_2="post_attention_layernorm", down="mlp.down_proj",
+           final_norm="model.norm"),
     Family("opt", ("opt",), layers="model.decoder.layers", ln_1="self_attn_layer_norm", attn="self_attn",
            attn_out="self_attn.out_proj", ln_2="final_layer_norm", down="fc2",
            final_norm="model.decoder.final_layer_norm"),
@@ -86,9 +86,8 @@ FAMILIES = (
            attn_out="attention.dense", ln_2="post_attention_layernorm", down="mlp.dense_4h_to_h",
            final_norm="gpt_neox.final_layer_norm"),
 )
-# this project's GPT (models/gpt.py), for the interventions
-OURS = Family("outlier-lab", (), layers="transformer.h", ln_1="ln_1", attn="attn", attn_out="attn.c_proj", ln_2="ln_2",
-              down="mlp.c_proj", final_norm="transformer.ln_f")
+# this project's GPT (models/gpt.py): nanoGPT's module names, which are GPT-2's
+OURS = replace(GPT2, name="outlier-lab", model_types=())
 
 
 def supported_model_types() -> list[str]:
