@@ -55,6 +55,18 @@ def inf_norm(h: torch.Tensor) -> float:
     return sequences(f32(h)).abs().amax(dim=1).mean().item()
 
 
+def massive_mask(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0) -> torch.Tensor:
+    """Bool like h: Sun et al.'s massive activations, |h| > abs_threshold and >= median_ratio x
+    the median |h| of its sequence (the interventions edit exactly what activation_stats counts)."""
+    a = f32(h).abs()
+    rows = sequences(a)
+    return _massive(rows, median_rows(rows), abs_threshold, median_ratio).reshape(a.shape)
+
+
+def _massive(rows: torch.Tensor, medians: torch.Tensor, abs_threshold: float, median_ratio: float) -> torch.Tensor:
+    return (rows > abs_threshold) & (rows >= median_ratio * medians[:, None])
+
+
 def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0,
                      token_ratio: float = 1000.0) -> dict[str, float]:
     """Every per-tensor activation statistic, per sequence then averaged over sequences:
@@ -81,7 +93,7 @@ def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio
         "top1": top[0], "top2": top[1], "top3": top[2], "median": med,
         "top1_over_median": top[0] / med if med > 0 else math.inf,
         "max_abs": rows.max().item(),
-        "massive": int((big & (rows > abs_threshold)).sum()),
+        "massive": int(_massive(rows, med_b, abs_threshold, median_ratio).sum()),
         "massive_ratio": int((big & (rows > 0)).sum()),
         "token_outliers": int((per_token > token_ratio * rows.mean(dim=1, keepdim=True)).sum()),
         "kurtosis": kurtosis_rows(sequences(x)).mean().item(),

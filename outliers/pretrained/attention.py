@@ -70,7 +70,8 @@ def probe_attention_forward(module, query, key, value, attention_mask, scaling=N
 
 def use_probe_attention(model) -> None:
     """Register ``probe_attention_forward`` with transformers and switch ``model`` to it; a
-    model whose code does not go through the attention interface is a ConfigError."""
+    model that refuses it is a ConfigError (one whose code ignores it, and so never calls it,
+    is caught by ``probe.probe_hf``)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 

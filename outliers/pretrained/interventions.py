@@ -41,7 +41,7 @@ from torch import nn
 
 from errors import ConfigError
 from outliers.metrics import Probe
-from outliers.metrics.activations import f32, median_rows
+from outliers.metrics.activations import f32, massive_mask
 from outliers.metrics.attention import sink_scores
 from outliers.metrics.weights import channel_alignment, column_ratios
 from outliers.pretrained.attention import drop_first_key
@@ -105,13 +105,6 @@ def plan_edits(names, plan: Plan) -> list[Edit]:
 
 
 # -- massive activations (Sun et al.) --------------------------------------------------------
-
-def massive_mask(h: torch.Tensor, abs_threshold: float, median_ratio: float) -> torch.Tensor:
-    """(B, T, C) bool: |h| > abs_threshold and >= median_ratio x its sequence's median |h|."""
-    a = f32(h).abs()
-    median = median_rows(a.reshape(a.shape[0], -1)).to(a.device, a.dtype)
-    return (a > abs_threshold) & (a >= median_ratio * median[:, None, None])
-
 
 def role_means(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(2, C): the mean of the masked entries of each channel at the first token (row 0) and
