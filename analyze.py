@@ -156,16 +156,15 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
     if cfg.intervene:
         from outliers.pretrained.interventions import run_interventions
 
-        names = [cfg.intervene] if isinstance(cfg.intervene, str) else list(cfg.intervene)  # intervene=NAME too
-        rows = run_interventions(subject.model, subject.family, subject.idx, names, result, metrics, thresholds)
+        rows = run_interventions(subject.model, subject.family, subject.idx, cfg.intervene, result, metrics,
+                                 thresholds)
         (out / "interventions.json").write_text(json.dumps(rows, indent=2))
         print_interventions(rows)
     if cfg.compress:
         from outliers.compression.evaluation import print_results
         from outliers.pretrained.compress import compression_results
 
-        names = [cfg.compress] if isinstance(cfg.compress, str) else list(cfg.compress)
-        results = compression_results(subject.model, subject.family, subject.idx, names)
+        results = compression_results(subject.model, subject.family, subject.idx, cfg.compress)
         (out / "compression.json").write_text(json.dumps(results, indent=2))
         print_results(results, console)
     console.print(f"[bold]Analysis:[/] {escape(str(out / 'analysis.json'))} and {escape(str(out / 'plots'))}/")

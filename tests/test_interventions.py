@@ -200,3 +200,6 @@ def test_an_unknown_intervention_names_the_valid_ones(pair):
     with pytest.raises(ConfigError, match="unknown intervention 'massive'; choose from massive_zero, massive_mean, "
                                           "sink_drop, super_weight"):
         run_interventions(ours, families.OURS, idx, ["massive_zero", "massive"], result, metrics, THRESHOLDS)
+    # one name on its own (intervene=sink_drop on the command line) is that one intervention, not its letters
+    rows = run_interventions(ours, families.OURS, idx, "sink_drop", result, metrics, THRESHOLDS)
+    assert [row["name"] for row in rows] == ["baseline", "sink_drop"]

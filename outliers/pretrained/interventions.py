@@ -97,7 +97,9 @@ class Edit:
 
 
 def plan_edits(names, plan: Plan) -> list[Edit]:
-    """The named interventions planned on ``plan``; an unknown name is a ConfigError."""
+    """The named interventions (one name or several) planned on ``plan``; an unknown name is a
+    ConfigError."""
+    names = [names] if isinstance(names, str) else list(names)
     unknown = [name for name in names if name not in INTERVENTIONS]
     if unknown:
         raise ConfigError(f"unknown intervention {unknown[0]!r}; choose from {', '.join(INTERVENTIONS)}")
@@ -281,7 +283,7 @@ def run_interventions(model: nn.Module, family: Family, idx: torch.Tensor, names
     """The named interventions, planned on one probe of ``model`` (``result``, ``metrics``;
     a transformers model prepared with ``probe.prepare``) and evaluated on windows ``idx``:
     rows {name, edited (one line), details, ppl, kl}, the unmodified model's first."""
-    edits = plan_edits(list(names), Plan(model, family, result, metrics, dict(thresholds or {})))
+    edits = plan_edits(names, Plan(model, family, result, metrics, dict(thresholds or {})))
     scores = evaluate(model, logits_fn or default_logits(family), idx, edits)
     rows = [{"name": "baseline", "edited": "nothing", "details": {}, **scores[0]}]
     for edit, score in zip(edits, scores[1:]):
