@@ -30,14 +30,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from data.tokenizers import TOKENIZERS, build_tokenizer
-from errors import ConfigError, exit_on_config_error
-from models.checkpoint import load_model
-from outliers.monitor import plots
-from outliers.metrics import declared, expand
-from outliers.metrics.tokens import vocabulary_classes
-from outliers.monitor.probes import data_domains, measure_model
-from outliers.pretrained import families, load, probe as hf_probe
+from outlier_lab.data.tokenizers import TOKENIZERS, build_tokenizer
+from outlier_lab.errors import ConfigError, exit_on_config_error
+from outlier_lab.models.checkpoint import load_model
+from outlier_lab.monitor import plots
+from outlier_lab.metrics import declared, expand
+from outlier_lab.metrics.tokens import vocabulary_classes
+from outlier_lab.monitor.probes import data_domains, measure_model
+from outlier_lab.pretrained import families, load, probe as hf_probe
 
 console = Console()
 THRESHOLDS = ("massive_abs", "massive_ratio", "token_ratio", "sink_eps", "sink_tokens")
@@ -154,15 +154,15 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
     plots.save_figures(figures, out / "plots")
     print_headline(metrics, meta)
     if cfg.intervene:
-        from outliers.pretrained.interventions import run_interventions
+        from outlier_lab.pretrained.interventions import run_interventions
 
         rows = run_interventions(subject.model, subject.family, subject.idx, cfg.intervene, result, metrics,
                                  thresholds)
         (out / "interventions.json").write_text(json.dumps(rows, indent=2))
         print_interventions(rows)
     if cfg.compress:
-        from outliers.compression.evaluation import print_results
-        from outliers.pretrained.compress import compression_results
+        from outlier_lab.compression.evaluation import print_results
+        from outlier_lab.pretrained.compress import compression_results
 
         results = compression_results(subject.model, subject.family, subject.idx, cfg.compress)
         (out / "compression.json").write_text(json.dumps(results, indent=2))

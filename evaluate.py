@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markup import escape
 
-from errors import ConfigError, exit_on_config_error
-from models.checkpoint import data_config, load_model
-from outliers.compression import check_protocols, compression_results, print_results
-from outliers.summary import merge_summary
+from outlier_lab.errors import ConfigError, exit_on_config_error
+from outlier_lab.models.checkpoint import data_config, load_model
+from outlier_lab.compression import check_protocols, compression_results, print_results
+from outlier_lab.summary import merge_summary
 
 console = Console()
 

@@ -27,13 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.markup import escape
 
-from errors import ConfigError, exit_on_config_error, is_integer, is_number
-from models.checkpoint import load_checkpoint
-from models.csv_logger import ResumableCSVLogger
-from models.lit_gpt import NonFiniteLossError
-from outliers.compression import check_protocols, compression_results, print_results
-from outliers.summary import log_metrics, update_summary
-from outliers.sweep import in_multirun, job_dirname, record_failure, sweep_group
+from outlier_lab.errors import ConfigError, exit_on_config_error, is_integer, is_number
+from outlier_lab.models.checkpoint import load_checkpoint
+from outlier_lab.models.csv_logger import ResumableCSVLogger
+from outlier_lab.models.lit_gpt import NonFiniteLossError
+from outlier_lab.compression import check_protocols, compression_results, print_results
+from outlier_lab.summary import log_metrics, update_summary
+from outlier_lab.sweep import in_multirun, job_dirname, record_failure, sweep_group
 
 # rich's own console, fetched where it is used: a parallel launcher (joblib) pickles this
 # script's functions with the globals they name, and a Console (it holds a lock) cannot be
@@ -44,7 +44,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 def quiet_lightning() -> None:
     """Silence notices that do not apply to this project's runs."""
-    # Our sampler resumes the data position itself (data/datamodule.py).
+    # Our sampler resumes the data position itself (outlier_lab/data/datamodule.py).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     # ResumableCSVLogger writes the kept rows of metrics.csv back; wandb/ shares the run directory.
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")

@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.attention import build_attention, registered_names  # noqa: E402
-from models.compile import quiet_lru_cache_notice  # noqa: E402
-from models.gpt import GPT  # noqa: E402
+from outlier_lab.models.attention import build_attention, registered_names  # noqa: E402
+from outlier_lab.models.compile import quiet_lru_cache_notice  # noqa: E402
+from outlier_lab.models.gpt import GPT  # noqa: E402
 
 SIZES = {"nano": (128, 4), "small": (384, 6)}  # n_embd, n_head
 FAMILY_TARGET = {"slot": 1.5, "elementwise": 2.5, "softmax": 1.10}

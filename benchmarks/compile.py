@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs from any working directory
 
-from models.attention import registered_names  # noqa: E402
-from models.compile import CompiledLoss  # noqa: E402
-from models.gpt import GPT  # noqa: E402
+from outlier_lab.models.attention import registered_names  # noqa: E402
+from outlier_lab.models.compile import CompiledLoss  # noqa: E402
+from outlier_lab.models.gpt import GPT  # noqa: E402
 
 SIZES = {"nano": dict(n_layer=4, n_head=4, n_embd=128), "small": dict(n_layer=6, n_head=6, n_embd=384),
          "tiny": dict(n_layer=1, n_head=2, n_embd=32)}  # tiny: for --cpu-smoke runs of this code

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs from any working directory
 
 import evaluate  # noqa: E402
-from models.gpt import GPT  # noqa: E402
+from outlier_lab.models.gpt import GPT  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -79,7 +79,7 @@ def losses(run_dir: Path) -> list[float]:
 
 def training_smoke(smoke: bool) -> None:
     import train
-    from models.attention import registered_names
+    from outlier_lab.models.attention import registered_names
 
     steps = 8 if smoke else 50
     failures = []

@@ -3,7 +3,7 @@ slot variant on its fastest path, as ratios to softmax on flash-attn (SDPA witho
 
 The core is the variant's ``attend`` (q, k, v -> o, then o.backward), without the QKV and
 output projections: softmax on flash-attn or SDPA; softpick, sigmoid and clipped_softmax
-on their fused Triton kernels (kernels/triton/; eager if triton is missing); softmax1,
+on their fused Triton kernels (outlier_lab/kernels/triton/; eager if triton is missing); softmax1,
 sink, attn_bias and ca_bias on the slot fast path (FlexAttention on CUDA, augmented-key
 SDPA otherwise). Default sizes: T = 1k, 4k, 16k, d = 64 and 128, bf16, B = 1, H = 16, on
 CUDA. Times are medians of CUDA-event timings; memory is the peak allocated during one
@@ -40,10 +40,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402
+from outlier_lab import kernels  # noqa: E402
 from benchmarks.attention import saved_bytes  # noqa: E402
-from kernels import triton as triton_kernels  # noqa: E402
-from models.attention import build_attention, get_attention_class, registered_names  # noqa: E402
+from outlier_lab.kernels import triton as triton_kernels  # noqa: E402
+from outlier_lab.models.attention import build_attention, get_attention_class, registered_names  # noqa: E402
 
 TARGET = {"elementwise": 1.3, "slot": 1.2, "softmax": 1.0}
 

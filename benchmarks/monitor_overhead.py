@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: r
 
 import train  # noqa: E402
 from benchmarks.throughput import StepTimer, added_callbacks  # noqa: E402
-from outliers.monitor import ConvergenceMonitor, OutlierMonitor  # noqa: E402
+from outlier_lab.monitor import ConvergenceMonitor, OutlierMonitor  # noqa: E402
 
 NESTED = ("_measure", "_plot")  # called from inside the hooks: timed separately, subtracted from them
 

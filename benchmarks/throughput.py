@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs from any working directory
 
 import train  # noqa: E402
-from data.datamodule import RandomWindowBatches  # noqa: E402
+from outlier_lab.data.datamodule import RandomWindowBatches  # noqa: E402
 
 STEPS = {"nano": (5, 40), "small": (3, 12)}  # (warm-up steps, timed steps)
 

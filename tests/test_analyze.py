@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 import analyze
 import train
-from models.gpt import GPT
+from outlier_lab.models.gpt import GPT
 from tests.helpers import CONFIGS, TINY, compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def test_analyze_a_nanogpt_checkpoint_on_a_text(tmp_path):
     values = analyze.analyze(compose_analyze(tmp_path / "out", f"ckpt={path}", f"text={text}",
                                              "nanogpt.attention=ca_bias", "windows=3"))
     ids = torch.tensor(list(text.read_bytes()[:48])).view(3, 16)  # 3 consecutive windows of the block size
-    from outliers.metrics.tokens import vocabulary_classes
-    from outliers.monitor.probes import measure_model
+    from outlier_lab.metrics.tokens import vocabulary_classes
+    from outlier_lab.monitor.probes import measure_model
 
     _, want = measure_model(model.eval(), ids, vocabulary_classes(lambda i: bytes([i]).decode("latin-1"), 256))
     assert values["outliers/act/avg_kurtosis"] == pytest.approx(want["outliers/act/avg_kurtosis"], rel=1e-6)

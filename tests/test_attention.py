@@ -1,4 +1,4 @@
-"""The attention registry, the backend dispatch in kernels/, and the explicit scale's
+"""The attention registry, the backend dispatch in outlier_lab/kernels/, and the explicit scale's
 placement. Every variant's formula is checked in test_attention_variants.py."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-import kernels
-from models.attention import build_attention, registered_names
-from errors import ConfigError
+from outlier_lab import kernels
+from outlier_lab.models.attention import build_attention, registered_names
+from outlier_lab.errors import ConfigError
 
 B, T, C, H = 2, 7, 24, 3
 
@@ -57,7 +57,7 @@ def test_heads_must_divide_width():
 
 
 def test_explicit_scale_is_one_at_init_and_gets_gradients():
-    from models.gpt import GPT
+    from outlier_lab.models.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, attention={"name": "explicit_scale"})

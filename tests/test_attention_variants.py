@@ -2,7 +2,7 @@
 it declares (``reference``), plus causality, gradients, stability, init values, null mass,
 fast paths and config errors.
 
-Everything variant-specific comes from the variant's own declaration (models/attention/base.py):
+Everything variant-specific comes from the variant's own declaration (outlier_lab/models/attention/base.py):
 its reference, the option sets to test, what its probe rows sum to, its init values. Every
 test is parametrized over ``registered_names()``, so a new variant is tested by itself, and
 fails with a clear message until it declares a reference.
@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.attention import build_attention, get_attention_class, registered_names
-from models.attention import reference as ref
-from models.attention.base import rope_tables
+from outlier_lab.models.attention import build_attention, get_attention_class, registered_names
+from outlier_lab.models.attention import reference as ref
+from outlier_lab.models.attention.base import rope_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-from errors import ConfigError
+from outlier_lab.errors import ConfigError
 
 B, T, C, H = 2, 8, 32, 4
 D = C // H  # head size
@@ -49,7 +49,7 @@ def reference(module, x, rope, opts):
 
 
 def test_a_variant_without_a_reference_fails_with_a_clear_message():
-    from models.attention.base import CausalSelfAttention
+    from outlier_lab.models.attention.base import CausalSelfAttention
 
     class Undeclared(CausalSelfAttention):
         variant_name = "undeclared"
@@ -194,7 +194,7 @@ def test_large_logits_stay_finite(name, backend, precision):
 def test_init_inside_gpt(name):
     """Inside a GPT, after its init: finite probes, and the declared init values
     (``init_means`` of probe extras, ``init_std`` of parameters; std 0 means zeros)."""
-    from models.gpt import GPT
+    from outlier_lab.models.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=64, attention={"name": name})
@@ -222,7 +222,7 @@ def test_init_inside_gpt(name):
 
 @pytest.mark.parametrize("init_gate,gate_input", [(0.25, "full"), (0.1, "head")])
 def test_gated_init_gate_option(init_gate, gate_input):
-    from models.gpt import GPT
+    from outlier_lab.models.gpt import GPT
 
     torch.manual_seed(0)
     attention = {"name": "gated", "init_gate": init_gate, "gate_input": gate_input}
@@ -283,7 +283,7 @@ def test_null_mass(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_family_is_the_kernels_entry_point_it_calls(name, monkeypatch):
     """``family`` (read by the benchmarks and the backend docs) is what the variant really runs on."""
-    import kernels
+    from outlier_lab import kernels
 
     calls = []
     for fam in ("softmax", "slot", "elementwise"):
@@ -299,11 +299,11 @@ def test_declared_family_is_the_kernels_entry_point_it_calls(name, monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_file_and_one_config_per_variant(name):
-    """A variant lives in models/attention/<name>.py and is configured by configs/attention/<name>.yaml."""
+    """A variant lives in outlier_lab/models/attention/<name>.py and is configured by configs/attention/<name>.yaml."""
     from omegaconf import OmegaConf
 
     cls = get_attention_class(name)
-    assert cls.__module__ == f"models.attention.{name}", f"{name} is defined in {cls.__module__}"
+    assert cls.__module__ == f"outlier_lab.models.attention.{name}", f"{name} is defined in {cls.__module__}"
     config = OmegaConf.load(ROOT / "configs" / "attention" / f"{name}.yaml")
     assert config.name == name
 
@@ -370,7 +370,7 @@ def ref_slot_kernel(q, k, v, slot_key, slot_bias, slot_value):
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("with_key", [False, True], ids=["nokey", "key"])
 def test_slot_kernels_match_reference(with_key, with_bias, with_value, kernel):
-    from kernels import slot
+    from outlier_lab.kernels import slot
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
@@ -408,7 +408,7 @@ def test_differential_needs_even_heads():
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 @pytest.mark.parametrize("name", NAMES)
 def test_small_gpt_forward_backward(name, style):
-    from models.gpt import GPT
+    from outlier_lab.models.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, attention={"name": name}, style=style)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import train
-from data.backcopy_chain import entropy, read_source
-from data.bigram_backcopy import TRAIN, BigramBackcopyDataModule, GeneratedBatches
-from errors import ConfigError
+from outlier_lab.data.backcopy_chain import entropy, read_source
+from outlier_lab.data.bigram_backcopy import TRAIN, BigramBackcopyDataModule, GeneratedBatches
+from outlier_lab.errors import ConfigError
 from tests.helpers import InterruptAt, compose_train, read_metric  # noqa: F401  (InterruptAt: by config)
 
 
@@ -202,7 +202,7 @@ def test_bad_values_are_one_line_config_errors(tmp_path, kwargs, message):
 
 @pytest.mark.slow
 def test_default_source_is_the_stdlib_documents_in_order():
-    from data.corpora import PythonStdlib
+    from outlier_lab.data.corpora import PythonStdlib
 
     size, parts = 300_000, []
     for doc in PythonStdlib().documents():

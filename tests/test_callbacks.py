@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import train
-from models.gpt import GPT
-from outliers.monitor import ConvergenceMonitor
-from outliers.metrics import Probe, run_measures
-from outliers.monitor.probes import probe
+from outlier_lab.models.gpt import GPT
+from outlier_lab.monitor import ConvergenceMonitor
+from outlier_lab.metrics import Probe, run_measures
+from outlier_lab.monitor.probes import probe
 from tests.helpers import TINY, compose_train, read_metric
 
 

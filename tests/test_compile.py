@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import train
-from errors import ConfigError
-from models.compile import CompiledLoss, wants_compile
-from models.attention import registered_names
-from models.gpt import GPT
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.compile import CompiledLoss, wants_compile
+from outlier_lab.models.attention import registered_names
+from outlier_lab.models.gpt import GPT
 from tests.helpers import TINY, compose_train, read_metric
 
 

@@ -1,4 +1,4 @@
-"""Compression protocols (outliers/compression/): quantizers and range estimators against
+"""Compression protocols (outlier_lab/compression/): quantizers and range estimators against
 their definitions, pruning counts, exactness of the shift-and-scale transform, the untouched
 original, W8A8 at every activation point of every variant, KL and top-1 agreement against
 references, and the phenomenon in two planted-outlier tests (one huge norm channel breaks
@@ -16,11 +16,11 @@ from torch import nn
 from torch.ao.quantization import MovingAverageMinMaxObserver
 from torch.nn import functional as F
 
-from models.attention.registry import registered_names
-from errors import ConfigError
-from models.gpt import GPT
-from outliers import compression as cp
-from outliers.metrics.registry import declared
+from outlier_lab.models.attention.registry import registered_names
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.gpt import GPT
+from outlier_lab import compression as cp
+from outlier_lab.metrics.registry import declared
 from tests.helpers import compose_train
 
 V, T, B = 64, 32, 16
@@ -308,7 +308,7 @@ def test_smooth_shift_scale_centres_and_balances_the_norm_output(trained, calib)
 
 
 def test_smoothing_fails_loudly_on_an_undeclared_reader_of_the_block_input(monkeypatch):
-    from models.attention.explicit_scale import ExplicitScaleAttention
+    from outlier_lab.models.attention.explicit_scale import ExplicitScaleAttention
 
     model = small_gpt(attention={"name": "explicit_scale"})
     monkeypatch.setattr(ExplicitScaleAttention, "block_input_readers", lambda self: [self.c_attn])  # forgets one
@@ -391,7 +391,7 @@ def test_protocols_declare_their_report_metric():
 
 
 def test_a_new_protocol_is_one_decorated_function(trained, val, calib, monkeypatch):
-    from outliers.metrics import registry
+    from outlier_lab.metrics import registry
 
     monkeypatch.setattr(registry, "_METRICS", dict(registry._METRICS))  # the declarations stay in this test
     registered = dict(cp.PROTOCOLS)
@@ -561,7 +561,7 @@ def test_w8a8_quantizes_the_attention_weights_of_every_variant(style, attention)
 @pytest.fixture
 def scratch_protocols(monkeypatch):
     """Protocols registered inside a test stay there."""
-    from outliers.metrics import registry
+    from outlier_lab.metrics import registry
 
     monkeypatch.setattr(registry, "_METRICS", dict(registry._METRICS))
     registered = dict(cp.PROTOCOLS)
@@ -604,7 +604,7 @@ def test_kl_and_top1_agreement_against_references(trained, val, calib, scratch_p
 
 def test_kl_on_a_hand_case():
     """Two tokens, three classes: KL(p || q) by its definition and by torch's kl_div."""
-    from outliers.compression.evaluation import _divergence
+    from outlier_lab.compression.evaluation import _divergence
 
     p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     q_logits = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 3.0]])

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.corpora import HubDataset, LocalFiles, PythonStdlib
-from data.datamodule import FixedWindows, RandomWindowBatches, ResumableSampler, TextDataModule
-from data.tokenizers import ByteTokenizer, build_tokenizer
-from errors import ConfigError
+from outlier_lab.data.corpora import HubDataset, LocalFiles, PythonStdlib
+from outlier_lab.data.datamodule import FixedWindows, RandomWindowBatches, ResumableSampler, TextDataModule
+from outlier_lab.data.tokenizers import ByteTokenizer, build_tokenizer
+from outlier_lab.errors import ConfigError
 
 
 @pytest.fixture

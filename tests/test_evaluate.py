@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 
 import evaluate
 import train
-from errors import ConfigError
-from models.gpt import GPT
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.gpt import GPT
 from tests.helpers import CONFIGS, TINY, compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,31 @@ def test_evaluate_py_on_a_training_checkpoint(trained_run, tmp_path):
     for name in PROTOCOLS:  # the same model, data and calibration as at the end of training
         assert results[f"compress/{name}/ppl"] == pytest.approx(summary[f"compress/{name}/ppl"], rel=1e-5)
     assert json.loads((tmp_path / "summary.json").read_text())["compress/w8a8/ppl"] == results["compress/w8a8/ppl"]
+
+
+def pre_namespace(config):
+    """``config`` with its class paths as checkpoints wrote them before the packages moved under
+    outlier_lab (``outlier_lab.models.gpt.GPT`` -> ``models.gpt.GPT``, ``outlier_lab.sweep`` ->
+    ``outliers.sweep``), written independently of the code that upgrades them."""
+    if isinstance(config, dict):
+        out = {k: pre_namespace(v) for k, v in config.items()}
+        if isinstance(out.get("_target_"), str) and out["_target_"].startswith("outlier_lab."):
+            rest = out["_target_"].removeprefix("outlier_lab.")
+            out["_target_"] = rest if rest.split(".")[0] in ("models", "data", "kernels") else f"outliers.{rest}"
+        return out
+    return [pre_namespace(v) for v in config] if isinstance(config, list) else config
+
+
+def test_a_checkpoint_from_before_the_namespace_still_evaluates(trained_run, tmp_path):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    old = {**checkpoint, "hyper_parameters": pre_namespace(checkpoint["hyper_parameters"]),
+           "data_config": pre_namespace(checkpoint["data_config"])}
+    assert old["data_config"]["_target_"] == "data.datamodule.TextDataModule"
+    assert old["hyper_parameters"]["optim"]["optimizer"]["_target_"] == "torch.optim.AdamW"  # not ours: kept
+    torch.save(old, tmp_path / "old.ckpt")
+    results = evaluate.evaluate(compose_eval(tmp_path / "out", f"ckpt={tmp_path / 'old.ckpt'}"))
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert results["compress/w8a8/ppl"] == pytest.approx(summary["compress/w8a8/ppl"], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_gpt2_paper_recipe_matches_the_seed_paper(tmp_path):
     assert (cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches) % cfg.trainer.val_check_interval == 0
     model = hydra.utils.instantiate(cfg.model, vocab_size=50257)
     assert 123e6 < model.num_parameters() < 125e6
-    from models.lit_gpt import warmup_cosine  # at 50k of a 600k cosine the LR is still ~98% of its peak
+    from outlier_lab.models.lit_gpt import warmup_cosine  # at 50k of a 600k cosine the LR is still ~98% of its peak
     ratio = o.min_lr / o.lr
     assert warmup_cosine(50_000, o.warmup_steps, o.decay_steps, ratio) == pytest.approx(0.986, abs=0.001)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import flash, slot
-from models.attention import get_attention_class, registered_names
-from models.compile import CompiledLoss
-from models.gpt import GPT
+from outlier_lab.kernels import flash, slot
+from outlier_lab.models.attention import get_attention_class, registered_names
+from outlier_lab.models.compile import CompiledLoss
+from outlier_lab.models.gpt import GPT
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from errors import ConfigError
-from models.gpt import GPT
-from outliers.monitor.probes import measure_model
-from outliers.pretrained import families
-from outliers.pretrained.convert import gpt_to_hf_gpt2
-from outliers.pretrained.interventions import INTERVENTIONS, Plan, evaluate, plan_edits, run_interventions
-from outliers.pretrained.probe import measure_hf, prepare
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.gpt import GPT
+from outlier_lab.monitor.probes import measure_model
+from outlier_lab.pretrained import families
+from outlier_lab.pretrained.convert import gpt_to_hf_gpt2
+from outlier_lab.pretrained.interventions import INTERVENTIONS, Plan, evaluate, plan_edits, run_interventions
+from outlier_lab.pretrained.probe import measure_hf, prepare
 
 transformers = pytest.importorskip("transformers")
 

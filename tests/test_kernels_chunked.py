@@ -1,4 +1,4 @@
-"""The chunked eager path of the elementwise family (kernels/chunked.py) against the plain
+"""The chunked eager path of the elementwise family (outlier_lab/kernels/chunked.py) against the plain
 reference (kernels.naive.elementwise_attention), for every elementwise variant's probs_fn."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import chunked, naive
-from models.attention import build_attention, get_attention_class, registered_names
-from models.compile import quiet_lru_cache_notice
+from outlier_lab import kernels
+from outlier_lab.kernels import chunked, naive
+from outlier_lab.models.attention import build_attention, get_attention_class, registered_names
+from outlier_lab.models.compile import quiet_lru_cache_notice
 
 # (variant, options): every elementwise variant with each of its declared test option sets
 CASES = [

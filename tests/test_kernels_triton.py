@@ -1,11 +1,11 @@
-"""The fused Triton kernels (kernels/triton/) against the eager references, and the backend
+"""The fused Triton kernels (outlier_lab/kernels/triton/) against the eager references, and the backend
 selection that reaches them. Without a GPU the kernels run on CPU in Triton's interpreter:
 tests/conftest.py sets TRITON_INTERPRET=1 before triton is first imported, which is when
 triton decides (an env var set later, in this module, would come too late).
 
-The reference of each kernel is its variant's own dense formula (models/attention/), run
+The reference of each kernel is its variant's own dense formula (outlier_lab/models/attention/), run
 by the variant's ``attend`` with backend=eager, i.e. the causal query chunks of
-kernels/chunked.py (tests/test_kernels_chunked.py compares them with kernels/naive.py).
+outlier_lab/kernels/chunked.py (tests/test_kernels_chunked.py compares them with outlier_lab/kernels/naive.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ pytest.importorskip("triton", reason="triton is not installed (pip install '.[tr
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import naive  # noqa: E402
-from kernels import triton as triton_kernels  # noqa: E402
-from models.attention import build_attention, get_attention_class, registered_names  # noqa: E402
-from errors import ConfigError  # noqa: E402
+from outlier_lab import kernels  # noqa: E402
+from outlier_lab.kernels import naive  # noqa: E402
+from outlier_lab.kernels import triton as triton_kernels  # noqa: E402
+from outlier_lab.models.attention import build_attention, get_attention_class, registered_names  # noqa: E402
+from outlier_lab.errors import ConfigError  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_kernels.interpreting():
     pytest.skip("no GPU and TRITON_INTERPRET is not on (tests/conftest.py turns it on unless it is set)",
@@ -57,11 +57,11 @@ def eager_reference(name, q, k, v):
 
 
 def test_every_kernel_has_a_variant_and_every_declared_kernel_exists():
-    """kernels/triton/<name>.py files and the variants' ``fused_kernel`` declarations agree,
+    """outlier_lab/kernels/triton/<name>.py files and the variants' ``fused_kernel`` declarations agree,
     so no kernel goes untested and no variant names a missing kernel."""
     assert set(VARIANTS) == set(triton_kernels.KERNELS), (sorted(VARIANTS), sorted(triton_kernels.KERNELS))
     for name, function in triton_kernels.KERNELS.items():
-        assert callable(getattr(triton_kernels, function)), f"kernels/triton/{name}.py lacks {function}"
+        assert callable(getattr(triton_kernels, function)), f"outlier_lab/kernels/triton/{name}.py lacks {function}"
 
 
 @pytest.mark.parametrize("d", [16, 32])
@@ -136,7 +136,7 @@ def test_memory_is_linear_in_length():
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_module_with_triton_backend_matches_eager(name):
     """The whole variant module (projections, rope, non-contiguous head views) with backend=triton."""
-    from models.attention.base import rope_tables
+    from outlier_lab.models.attention.base import rope_tables
 
     variant, opts = VARIANTS[name]
     c, t = 32, 37
@@ -163,7 +163,7 @@ def test_module_with_triton_backend_matches_eager(name):
 
 def test_module_under_bf16_autocast():
     """Mixed dtypes (rotary q, k in fp32, v in bf16) run in the autocast dtype, like eager."""
-    from models.attention.base import rope_tables
+    from outlier_lab.models.attention.base import rope_tables
 
     x = torch.randn(B, 20, 32, device=DEVICE)
     rope = tuple(tab.to(DEVICE) for tab in rope_tables(20, 16))
@@ -256,13 +256,13 @@ def test_dropout(monkeypatch):
 
 
 def test_import_kernels_without_triton():
-    """`import kernels` and the auto backend work where triton is not importable."""
+    """`outlier_lab.kernels` and the auto backend work where triton is not importable."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import torch, kernels\n"
+        "import torch\nfrom outlier_lab import kernels\n"
         "assert not kernels.triton_kernels.triton_available()\n"
         "assert kernels.select_backend('auto', 'cuda', torch.bfloat16, family='elementwise', fused=True) == 'eager'\n"
-        "from models.attention import build_attention\n"
+        "from outlier_lab.models.attention import build_attention\n"
         "build_attention('softpick', n_embd=16, n_head=2, block_size=8)(torch.randn(1, 4, 16))\n"
         "try:\n"
         "    kernels.select_backend('triton', 'cuda', torch.bfloat16, family='elementwise', fused=True)\n"

@@ -1,4 +1,4 @@
-"""The metric declarations (outliers/metrics/registry.py): one declaration per value, read by
+"""The metric declarations (outlier_lab/metrics/registry.py): one declaration per value, read by
 the monitor (history, summary, emergence) and the report; broken declarations fail loudly."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from outliers import metrics
-from outliers.monitor import OutlierMonitor
-from outliers.metrics import registry
-from outliers.metrics.registry import Metric
+from outlier_lab import metrics
+from outlier_lab.monitor import OutlierMonitor
+from outlier_lab.metrics import registry
+from outlier_lab.metrics.registry import Metric
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_the_monitor_history_and_emergence_come_from_the_declarations():
 
 
 def test_report_columns_are_ordered_by_section_then_declaration():
-    import outliers.compression  # noqa: F401  (declares the protocols' ppl ratios)
+    import outlier_lab.compression  # noqa: F401  (declares the protocols' ppl ratios)
 
     keys = [m.key for m in metrics.declared() if m.column]
     sections = [key.split("/")[0] for key in keys]
@@ -66,8 +66,8 @@ def test_unknown_key_lists_the_declared_ones():
 
 
 def test_measures_produce_every_declared_probe_key():
-    from models.gpt import GPT
-    from outliers.monitor.probes import probe
+    from outlier_lab.models.gpt import GPT
+    from outlier_lab.monitor.probes import probe
 
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)

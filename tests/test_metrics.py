@@ -1,4 +1,4 @@
-"""The outlier statistics (outliers/metrics/{activations,weights,attention,tokens}.py) on
+"""The outlier statistics (outlier_lab/metrics/{activations,weights,attention,tokens}.py) on
 constructed tensors whose answers are known in closed form, each on a case where a
 plausible wrong definition (the batch-wide version, a ratio of maxima, thresholding after
 averaging, hard-coded byte ids) gives a different number."""
@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 
-from outliers.metrics.activations import (activation_stats, inf_norm, kurtosis, norm_ratio_to_others,
+from outlier_lab.metrics.activations import (activation_stats, inf_norm, kurtosis, norm_ratio_to_others,
                                           token_outliers, top_channel)
-from outliers.metrics.attention import (attention_entropy, first_token_share, null_mass, outlier_keys,
+from outlier_lab.metrics.attention import (attention_entropy, first_token_share, null_mass, outlier_keys,
                                         sink_rate, sink_scores, value_stats)
-from outliers.metrics.tokens import INITIAL, OTHER, STRONG, WEAK, position_classes, token_class, vocabulary_classes
-from outliers.metrics.weights import channel_alignment, column_ratios, weight_stats
+from outlier_lab.metrics.tokens import INITIAL, OTHER, STRONG, WEAK, position_classes, token_class, vocabulary_classes
+from outlier_lab.metrics.weights import channel_alignment, column_ratios, weight_stats
 
 # ----------------------------------------------------------------------------- activations
 

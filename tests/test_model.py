@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from errors import ConfigError
-from models.gpt import GPT
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.gpt import GPT
 
 V, T_MAX, L, C, H = 50, 12, 2, 24, 3
 

@@ -1,5 +1,5 @@
-"""model.qk_norm, model.norm_scale=single (models/norms.py) and the outlier penalties of the
-regularizer group (models/regularizers.py): each against a formula written out here, the
+"""model.qk_norm, model.norm_scale=single (outlier_lab/models/norms.py) and the outlier penalties of the
+regularizer group (outlier_lab/models/regularizers.py): each against a formula written out here, the
 options through the real configs, checkpoints, and smoothing on a single-scale model."""
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from scipy import stats
 from torch import nn
 
 import train
-from errors import ConfigError
-from models.attention import build_attention, get_attention_class, registered_names
-from models.attention.base import rope_tables
-from models.checkpoint import load_model
-from models.gpt import GPT
-from models.lit_gpt import LitGPT
-from models.norms import NORMS, SingleScaleNorm
-from models.regularizers import ActivationKurtosis, Penalties, WeightKurtosis
-from outliers import compression as cp
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.attention import build_attention, get_attention_class, registered_names
+from outlier_lab.models.attention.base import rope_tables
+from outlier_lab.models.checkpoint import load_model
+from outlier_lab.models.gpt import GPT
+from outlier_lab.models.lit_gpt import LitGPT
+from outlier_lab.models.norms import NORMS, SingleScaleNorm
+from outlier_lab.models.regularizers import ActivationKurtosis, Penalties, WeightKurtosis
+from outlier_lab import compression as cp
 from tests.helpers import TINY, compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_qk_norm_matches_its_written_out_formula(name, probs, backend):
 
 @pytest.mark.parametrize("name", registered_names())
 def test_every_variant_with_qk_norm_matches_its_reference(name):
-    """The references honour qk_norm (models/attention/reference.py qkv), so each variant's
+    """The references honour qk_norm (outlier_lab/models/attention/reference.py qkv), so each variant's
     fast path with qk_norm is checked against its formula, here on its last option set."""
     opts = get_attention_class(name).test_options[-1]
     module = attention(name, **opts)

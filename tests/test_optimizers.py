@@ -1,4 +1,4 @@
-"""The optimizers of configs/optim/ (models/optim/): every option composes from the real
+"""The optimizers of configs/optim/ (outlier_lab/models/optim/): every option composes from the real
 configs and owns exactly the model's parameters; Muon's split into hidden matrices and the
 rest; OrthoAdam against a plain-torch Adam on the rotated gradient; exact resume; and adamw
 identical to the AdamW that LitGPT hard-coded before the config group existed."""
@@ -16,9 +16,9 @@ from hydra.errors import MissingConfigException
 from torch import nn
 
 import train
-from errors import ConfigError
-from models.lit_gpt import LitGPT, warmup_cosine
-from models.optim.orthoadam import OrthoAdam, rotations
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.lit_gpt import LitGPT, warmup_cosine
+from outlier_lab.models.optim.orthoadam import OrthoAdam, rotations
 from tests.helpers import TINY, compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def test_the_optimizer_state_round_trips_exactly(tmp_path, name):
 
 
 def test_adamw_is_the_adamw_litgpt_hard_coded_before(tmp_path):
-    """The old configure_optimizers (models/lit_gpt.py before configs/optim/), written out
+    """The old configure_optimizers (outlier_lab/models/lit_gpt.py before configs/optim/), written out
     here: the same parameters after six steps, bit for bit, and the same settings."""
     module, conf = build(tmp_path, "adamw", "optim.warmup_steps=3")
     optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]

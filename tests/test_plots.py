@@ -1,4 +1,4 @@
-"""outliers/monitor/plots.py on small synthetic inputs: each figure's structure, PNG output, logger hand-off."""
+"""outlier_lab/monitor/plots.py on small synthetic inputs: each figure's structure, PNG output, logger hand-off."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 
-from outliers.monitor import plots
+from outlier_lab.monitor import plots
 
 
 def _layer_stats(n_layers: int = 4) -> list[dict[str, float]]:

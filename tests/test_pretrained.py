@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import analyze
-from errors import ConfigError
-from models.gpt import GPT
-from outliers.monitor.probes import measure_model
-from outliers.pretrained import families
-from outliers.pretrained.convert import gpt_to_hf_gpt2, hf_gpt2_to_nanogpt
-from outliers.pretrained.probe import measure_hf, prepare, probe_hf
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.gpt import GPT
+from outlier_lab.monitor.probes import measure_model
+from outlier_lab.pretrained import families
+from outlier_lab.pretrained.convert import gpt_to_hf_gpt2, hf_gpt2_to_nanogpt
+from outlier_lab.pretrained.probe import measure_hf, prepare, probe_hf
 from tests.test_analyze import compose_analyze
 
 transformers = pytest.importorskip("transformers")
@@ -190,7 +190,7 @@ def test_a_model_that_bypasses_the_attention_interface_is_refused():
 def test_compression_of_a_gpt2_model_equals_that_of_its_conversion_to_our_gpt():
     """The protocols on a transformers GPT-2 (Conv1D made nn.Linear, logits from its output)
     score exactly as on the same weights in our GPT; the model itself is left untouched."""
-    from outliers.pretrained.compress import compression_results
+    from outlier_lab.pretrained.compress import compression_results
 
     hf = tiny("gpt2")
     ours = GPT.from_nanogpt(hf_gpt2_to_nanogpt(hf.state_dict()), n_head=4).eval()
@@ -207,7 +207,7 @@ def test_compression_of_a_gpt2_model_equals_that_of_its_conversion_to_our_gpt():
 
 
 def test_a_protocol_that_needs_our_gpt_is_refused_for_a_transformers_model():
-    from outliers.pretrained.compress import compression_results
+    from outlier_lab.pretrained.compress import compression_results
 
     with pytest.raises(ConfigError, match=r"need this project's GPT .* choose from w8a8_linear"):
         compression_results(tiny("llama"), families.family_of("llama"), torch.randint(0, 256, (1, 8)), ["w8a8"])

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.gpt import GPT
-from outliers import report
-from outliers.metrics import registry
-from outliers.metrics.attention import attention_entropy, first_token_share, null_mass, sink_rate, sink_scores
-from outliers.metrics.registry import Metric
-from outliers.monitor.probes import measure_model, probe
+from outlier_lab.models.gpt import GPT
+from outlier_lab import report
+from outlier_lab.metrics import registry
+from outlier_lab.metrics.attention import attention_entropy, first_token_share, null_mass, sink_rate, sink_scores
+from outlier_lab.metrics.registry import Metric
+from outlier_lab.monitor.probes import measure_model, probe
 
 
 def random_probs(B=3, H=2, T=6, seed=0):

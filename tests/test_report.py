@@ -1,4 +1,4 @@
-"""The offline comparison report (outliers/report/) on synthetic run directories: table,
+"""The offline comparison report (outlier_lab/report/) on synthetic run directories: table,
 significance, bolding, broken runs, figures, the CLI, the columns and panels taken from the
 metric declarations, and Welch's p-values."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from outliers import report
-from outliers.metrics import registry
+from outlier_lab import report
+from outlier_lab.metrics import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LAYER = 4
@@ -222,7 +222,7 @@ def test_broken_inputs_never_crash(tmp_path):
     (no_name / ".hydra").mkdir(parents=True)
     (no_name / ".hydra" / "config.yaml").write_text("seed: ${oc.env:NOPE_NOT_SET}\nmodel: {}\n")
     (no_name / "metrics.csv").write_text("")
-    failed = root / "3_sink_s2_seed=2"  # a sweep job that raised: outliers/sweep.py record_failure
+    failed = root / "3_sink_s2_seed=2"  # a sweep job that raised: outlier_lab/sweep.py record_failure
     write_config(failed, "sink", 2)
     write_metrics(failed, 1.6, 50.0, 0.1, last_step=20)
     (failed / "FAILED").write_text("Traceback (most recent call last):\n  ...\nValueError: loss is NaN at step 21\n")
@@ -258,7 +258,7 @@ def test_broken_inputs_never_crash(tmp_path):
 def test_cli_writes_report(tmp_path):
     sweep = make_sweep(tmp_path)
     out = tmp_path / "cli-out"
-    result = subprocess.run([sys.executable, "-m", "outliers.report", str(sweep), "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "outlier_lab.report", str(sweep), "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (out / "report.md").is_file()

@@ -1,6 +1,6 @@
-"""The files a run reads and writes, without training: checkpoints (models/checkpoint.py),
-metrics.csv across resumption (models/csv_logger.py), the optimizer settings that a
-checkpoint carries (models/lit_gpt.py), and the loggers that train.py builds."""
+"""The files a run reads and writes, without training: checkpoints (outlier_lab/models/checkpoint.py),
+metrics.csv across resumption (outlier_lab/models/csv_logger.py), the optimizer settings that a
+checkpoint carries (outlier_lab/models/lit_gpt.py), and the loggers that train.py builds."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 import train
-from errors import ConfigError
-from models.checkpoint import load_checkpoint
-from models.csv_logger import ResumableCSVLogger
-from models.lit_gpt import LitGPT
+from outlier_lab.errors import ConfigError
+from outlier_lab.models.checkpoint import load_checkpoint
+from outlier_lab.models.csv_logger import ResumableCSVLogger
+from outlier_lab.models.lit_gpt import LitGPT
 from tests.helpers import compose_train
 
 TINY_MODEL = dict(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8)

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import analyze
-from outliers import report
+from outlier_lab import report
 from tests.helpers import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def test_the_recipe_composes():
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["paths.output_dir=/tmp/x", "+experiment=sink_mechanism"],
                       return_hydra_config=True)
-    assert cfg.data._target_ == "data.bigram_backcopy.BigramBackcopyDataModule"
+    assert cfg.data._target_ == "outlier_lab.data.bigram_backcopy.BigramBackcopyDataModule"
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.block_size) == (1, 1, 64)
     assert cfg.torch_threads == 1 and cfg.hydra.launcher.n_jobs == 2
     assert "JoblibLauncher" in cfg.hydra.launcher._target_
@@ -56,7 +56,7 @@ def test_the_parallel_sweep_completes_its_jobs_and_survives_a_failure(tmp_path):
         assert summary["compress/w8a8/ppl_ratio"] > 0
     # the report reads the sweep: a column per domain, the failed job listed
     out = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "outliers.report", str(sweep), "--out", str(out)], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "outlier_lab.report", str(sweep), "--out", str(out)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
     text = (out / "report.md").read_text()
     assert "first-token share (dormant)" in text and "excess loss (active)" in text

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
-from outliers.sweep import job_dirname, sweep_group
+from outlier_lab.sweep import job_dirname, sweep_group
 from tests.helpers import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_sweep_then_report(tmp_path, corpus_glob):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [p for p in sweep.iterdir() if (p / "summary.json").is_file()]
     assert len(runs) == 4
-    report = subprocess.run([sys.executable, "-m", "outliers.report", str(sweep), "--out", str(tmp_path / "report")],
+    report = subprocess.run([sys.executable, "-m", "outlier_lab.report", str(sweep), "--out", str(tmp_path / "report")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()

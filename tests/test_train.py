@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import train
-from errors import ConfigError, find_config_error
-from models.lit_gpt import LitGPT, NonFiniteLossError
+from outlier_lab.errors import ConfigError, find_config_error
+from outlier_lab.models.lit_gpt import LitGPT, NonFiniteLossError
 from tests.helpers import TINY, compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_model_sizes_match_the_issue(tmp_path):
 
 def test_fsdp_strategy_config_instantiates(tmp_path):
     strategy = hydra.utils.instantiate(compose_train(tmp_path, "trainer=fsdp").trainer.strategy)
-    from models.gpt import Block
+    from outlier_lab.models.gpt import Block
     assert type(strategy).__name__ == "FSDPStrategy" and Block in strategy.kwargs["auto_wrap_policy"]._module_classes
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import train
-from models.attention import registered_names
+from outlier_lab.models.attention import registered_names
 from tests.helpers import compose_train, read_metric
 
 ROOT = Path(__file__).resolve().parents[1]

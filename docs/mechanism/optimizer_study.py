@@ -6,7 +6,7 @@ sweep directories of that study:
 writes docs/mechanism/per_seed_optimizers.csv (one row per run), prints the mean ± std of
 each (attention, optimizer) cell and Welch's t-tests (each optimizer against AdamW within
 an attention design; explicit_scale and attn_bias against softmax within an optimizer), and
-draws docs/mechanism/optimizers.png. The report (python -m outliers.report ... --baseline
+draws docs/mechanism/optimizers.png. The report (python -m outlier_lab.report ... --baseline
 optim=adamw) gives the same table with every column; this adds the value drain and the
 residual peak, which it reads per layer from metrics.csv, and the figure.
 """

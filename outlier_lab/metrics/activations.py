@@ -1,0 +1,134 @@
+"""Activation statistics of one hidden state h (B, T, C): pure functions, tensors in, numbers
+out. Everything is computed per sequence, then averaged over the sequences, as the sources'
+code does (one sequence at a time); a batch-wide maximum keeps a name that says so.
+
+Sources:
+- Sun et al. 2024, "Massive Activations in Large Language Models" (locuslab/massive-activations):
+  per sequence top-1/2/3 and median |h|; massive activations |h| > 100 and >= 1000 x median.
+- An et al. 2025, the seed paper (an-yongqi/systematic-outliers, pos_activation_outliers_layer.py):
+  a token is an outlier when max_c |h_tc| > 1000 x the mean |h| of its sequence.
+- Bondarenko et al. 2023, "Quantizable Transformers" (qualcomm-ai-research/outlier-free-transformers):
+  kurtosis mu4 / sigma^4 and the infinity norm, per sequence, averaged over sequences.
+
+Every function detaches and upcasts to float32 first; nothing builds an autograd graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# mu4 / sigma^4 of each row, population moments (not excess): the one formula, shared with the
+# training penalty of outlier_lab/models/regularizers.py (re-exported here for outlier_lab/metrics/weights.py)
+from outlier_lab.models.regularizers import kurtosis_rows  # noqa: F401
+
+
+def f32(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float()
+
+
+def sequences(x: torch.Tensor) -> torch.Tensor:
+    """(B, N): one row per sequence for 3-D and higher tensors, one row in all for 1-D / 2-D."""
+    return x.reshape(x.shape[0], -1) if x.dim() >= 3 else x.reshape(1, -1)
+
+
+def median_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Exact median of each row; the mean of the two middle values when the count is even.
+    numpy's partition selects both middle values in one linear-time pass (several times
+    faster than two kthvalue calls or a sort)."""
+    a = rows.detach().cpu().numpy()
+    n = a.shape[1]
+    middle = np.partition(a, [(n - 1) // 2, n // 2], axis=1)
+    return torch.from_numpy((middle[:, (n - 1) // 2] + middle[:, n // 2]) / 2).to(rows.device)
+
+
+def kurtosis(h: torch.Tensor) -> float:
+    """Bondarenko et al.: per sequence over its T*C values, averaged over sequences. A 1-D
+    or 2-D tensor (a weight) counts as one sequence."""
+    return kurtosis_rows(sequences(f32(h))).mean().item()
+
+
+def inf_norm(h: torch.Tensor) -> float:
+    """Bondarenko et al.: per sequence ||h_b||_inf = max |h_b|, averaged over sequences."""
+    return sequences(f32(h)).abs().amax(dim=1).mean().item()
+
+
+def massive_mask(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0) -> torch.Tensor:
+    """Bool like h: Sun et al.'s massive activations, |h| > abs_threshold and >= median_ratio x
+    the median |h| of its sequence (the interventions edit exactly what activation_stats counts)."""
+    a = f32(h).abs()
+    rows = sequences(a)
+    return _massive(rows, median_rows(rows), abs_threshold, median_ratio).reshape(a.shape)
+
+
+def _massive(rows: torch.Tensor, medians: torch.Tensor, abs_threshold: float, median_ratio: float) -> torch.Tensor:
+    return (rows > abs_threshold) & (rows >= median_ratio * medians[:, None])
+
+
+def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0,
+                     token_ratio: float = 1000.0) -> dict[str, float]:
+    """Every per-tensor activation statistic, per sequence then averaged over sequences:
+
+    - top1, top2, top3, median: the largest |h| values and the median |h| of each sequence,
+      averaged over sequences (Sun et al.); top1_over_median = top1 / median of those
+      averages (inf when the median is 0); max_abs: the largest |h| in the whole batch.
+    - massive: entries with |h| > abs_threshold and |h| >= median_ratio x their sequence's
+      median (Sun et al.), summed over sequences; massive_ratio: the same without the
+      absolute bound (nonzero entries only), the curve to watch at small scale.
+    - token_outliers: tokens whose max_c |h_tc| > token_ratio x their sequence's mean |h|
+      (seed code), summed over sequences.
+    - kurtosis, inf_norm: Bondarenko et al., as above.
+    """
+    x = f32(h)
+    rows = sequences(x.abs())
+    k = min(3, rows.shape[1])
+    top = rows.topk(k, dim=1).values.mean(dim=0).tolist() + [math.nan] * (3 - k)
+    med_b = median_rows(rows)
+    med = med_b.mean().item()
+    big = rows >= median_ratio * med_b[:, None]
+    per_token = x.abs().amax(dim=-1).reshape(rows.shape[0], -1) if x.dim() >= 3 else rows.amax(dim=1, keepdim=True)
+    return {
+        "top1": top[0], "top2": top[1], "top3": top[2], "median": med,
+        "top1_over_median": top[0] / med if med > 0 else math.inf,
+        "max_abs": rows.max().item(),
+        "massive": int(_massive(rows, med_b, abs_threshold, median_ratio).sum()),
+        "massive_ratio": int((big & (rows > 0)).sum()),
+        "token_outliers": int((per_token > token_ratio * rows.mean(dim=1, keepdim=True)).sum()),
+        "kurtosis": kurtosis_rows(sequences(x)).mean().item(),
+        "inf_norm": rows.amax(dim=1).mean().item(),
+    }
+
+
+def token_outliers(h: torch.Tensor, ratio: float = 1000.0) -> list[tuple[int, int]]:
+    """(b, t) of every token with max_c |h_btc| > ratio x the mean |h| of sequence b (seed code)."""
+    a = f32(h).abs()
+    hits = a.amax(dim=-1) > ratio * a.mean(dim=(1, 2))[:, None]
+    return [(b, t) for b, t in hits.nonzero().tolist()]
+
+
+def top_channel(h: torch.Tensor, positions: torch.Tensor | None = None, n_classes: int = 4) -> dict:
+    """The channel with the largest max_{b,t} |h_btc| (the seed paper finds it on the first
+    token and on delimiters) and, over the (b, t) where that channel's |h| >= half its max,
+    the share of each position class (``positions`` (B, T) from ``tokens.position_classes``;
+    nan shares without it)."""
+    a = f32(h).abs()
+    channel = int(a.amax(dim=(0, 1)).argmax())
+    col = a[:, :, channel]
+    near = col >= 0.5 * col.max()
+    if positions is None:
+        shares = [math.nan] * n_classes
+    else:
+        counts = torch.bincount(positions.to(near.device)[near], minlength=n_classes)
+        shares = (counts.float() / near.sum()).tolist()
+    return {"channel": channel, "value": col.max().item(), "shares": shares}
+
+
+def norm_ratio_to_others(x: torch.Tensor) -> torch.Tensor:
+    """||x_0|| / median_{j >= 1} ||x_j|| over the token axis -2 of x (..., T, D), for each
+    leading index: Guo et al. 2024's value-state drain (v of a head) and residual-state peak
+    (h of a layer) on the first token."""
+    norms = f32(x).norm(dim=-1)  # (..., T)
+    flat = norms.reshape(-1, norms.shape[-1])
+    return (flat[:, 0] / median_rows(flat[:, 1:])).reshape(norms.shape[:-1])

@@ -1,0 +1,79 @@
+"""Offline comparison report of finished (or crashed) runs: one table row per attention variant,
+mean ± std over seeds with Welch's t-test against a baseline, and four figures.
+
+    python -m outlier_lab.report DIR [DIR ...] [--out OUT] [--baseline softmax]
+
+Each DIR is a run directory or a sweep directory holding run directories (searched down to
+depth 3 for folders with ``.hydra/config.yaml``, ``metrics.csv`` or ``FAILED``). Every run is
+read from ``.hydra/config.yaml``, ``metrics.csv`` and ``summary.json`` (names: docs/metrics.md,
+docs/compression.md); a run without a final validation in its summary is "crashed/unfinished":
+its curves are drawn, it stays out of the table and is listed with the reason. Writes
+``OUT/report.md`` with ``loss_curves.png``, ``outliers_vs_step.png``, ``layer_profile.png`` and
+``extreme_tokens.png`` next to it (default OUT: ``DIR/report`` for one DIR, ``./report`` for several).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from outlier_lab import figure_style
+from outlier_lab.report.figures import make_figures
+from outlier_lab.report.load import MAX_DEPTH, Run, find_runs, load_runs
+from outlier_lab.report.render import markdown_report, rich_tables
+from outlier_lab.report.table import Table, build_table, group_runs
+
+
+def write_report(dirs: list[Path], out: Path, baseline: str = "softmax",
+                 panels: list[str] | None = None) -> tuple[Path, Table, list[Run]]:
+    """Read every run under dirs, write OUT/report.md and the PNGs; returns (path, table, runs).
+    panels: glob patterns of the metric keys drawn in outliers_vs_step.png (None: all)."""
+    runs = load_runs(dirs, skip=(out.resolve(),))
+    groups = group_runs(runs, baseline)
+    table = build_table(groups, baseline)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in make_figures(groups, panels).items():
+        figure_style.save(fig, out / f"{name}.png")
+    path = out / "report.md"
+    path.write_text(markdown_report(runs, table, dirs, baseline), encoding="utf-8")
+    return path, table, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m outlier_lab.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run or sweep directories")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: DIR/report for one DIR, ./report for several)")
+    parser.add_argument("--baseline", default="softmax", help="what the t-tests compare against: a variant (softmax), or KEY=VALUE of another "
+                             "swept key (optim=adamw: each optimizer against AdamW, per variant)")
+    parser.add_argument("--panels", nargs="+", metavar="PATTERN", default=None,
+                        help="draw only these panel metrics over steps (glob patterns of their keys, "
+                             "e.g. 'outliers/domain/*'); default: every declared panel")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # a pipe or a log file: don't squeeze the tables into 80 columns
+        console = Console(width=max(console.width, 160))
+    missing = [d for d in args.dirs if not d.is_dir()]
+    for d in missing:
+        console.print(f"[red]not a directory:[/] {d}")
+    dirs = [d for d in args.dirs if d.is_dir()]
+    out = args.out or (dirs[0] / "report" if len(args.dirs) == 1 and dirs else Path("report"))
+    if not dirs or not any(find_runs(d, skip=(out.resolve(),)) for d in dirs):
+        console.print("[red]no run directories found[/] (folders with .hydra/config.yaml or metrics.csv, "
+                      f"depth <= {MAX_DEPTH})")
+        return 1
+    path, table, runs = write_report(dirs, out, args.baseline, args.panels)
+    for part in rich_tables(table):
+        console.print(part)
+    console.print("bold: best mean per column; * p < 0.05, ** p < 0.01: Welch's t-test against the "
+                  f"baseline {args.baseline!r} (both with >= 2 seeds)", highlight=False)
+    broken = [r for r in runs if r.problems]
+    if broken:
+        console.print(f"[yellow]{len(broken)} broken run(s):[/]")
+        for run in broken:
+            console.print(f"  {run.name}: {'; '.join(run.problems)}", markup=False, highlight=False)
+    console.print(f"Report: {path}", highlight=False)
+    return 0

@@ -1,7 +1,0 @@
-"""What watches a training run: the OutlierMonitor (probes, metrics, figures) and the
-ConvergenceMonitor (how fast the validation loss falls), Lightning callbacks both."""
-
-from outliers.monitor.convergence_monitor import ConvergenceMonitor
-from outliers.monitor.outlier_monitor import OutlierMonitor
-
-__all__ = ["ConvergenceMonitor", "OutlierMonitor"]
