@@ -2,8 +2,8 @@
 checkpoint, through evaluate.py's code path, on the default corpus's validation split
 (16 x 16 windows of 256 tokens) with 4 calibration batches.
 
-    python benchmarks/compression.py [--ckpt PATH]   # default: /tmp/plotrun's last.ckpt if
-                                                     # given, else a freshly initialised nano model
+    python benchmarks/compression.py                 # a freshly initialised nano model
+    python benchmarks/compression.py --ckpt outputs/runs/<date>/<run>/checkpoints/last.ckpt
 
 Last line: compression_seconds=<seconds for the default protocols, full precision included>
 """
