@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 
 import pytest
 import torch
@@ -340,6 +341,44 @@ def test_evaluate_protocols_reports_every_default_protocol(trained, val, calib, 
         assert results[f"compress/{name}/ppl_ratio"] == pytest.approx(results[f"compress/{name}/ppl"] / fp, rel=1e-12)
         assert results[f"compress/{name}/ppl"] == cp.perplexity(cp.PROTOCOLS[name](trained, calib, keep_head_fp=True), val)
         assert 0 < results[f"compress/{name}/top1_agreement"] <= 1
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["fp-reference-kept", "fp-reference-recomputed"])
+def test_one_compressed_copy_is_alive_at_a_time(trained, val, calib, monkeypatch, kept):
+    """Each protocol's copy is built, scored and freed before the next is built (counted by a
+    finalizer on every copy); with the full-precision reference over REFERENCE_BYTES, it is
+    recomputed per protocol, and the numbers are the same bit for bit."""
+    names = ["w8_absmax", "w4_per_channel", "prune50"]
+    expected = cp.evaluate_protocols(trained, names, val, calib)
+    live, peak, built = [0], [0], []
+
+    def freed():
+        live[0] -= 1
+
+    def counted(build):
+        def counted_build(model, calib_batches, *, keep_head_fp=True):
+            compressed = build(model, calib_batches, keep_head_fp=keep_head_fp)
+            built.append(compressed is not model)
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+            weakref.finalize(compressed, freed)
+            return compressed
+        return counted_build
+
+    for name in names:
+        monkeypatch.setitem(cp.PROTOCOLS, name, counted(cp.PROTOCOLS[name]))
+    if not kept:
+        monkeypatch.setattr(cp.evaluation, "REFERENCE_BYTES", 0)
+    forwards = []  # the hook is deep-copied with the model: count the calls on the model itself
+    handle = trained.register_forward_hook(lambda module, *args: forwards.append(module is trained))
+    try:
+        results = cp.evaluate_protocols(trained, names, val, calib)
+    finally:
+        handle.remove()
+    assert built == [True] * 3 and peak[0] == 1 and live[0] == 0
+    assert results == expected
+    # the full-precision model runs once per batch, plus once per batch and protocol when recomputed
+    assert sum(forwards) == len(val) * (1 if kept else 1 + len(names))
 
 
 def test_w8a8_linear_quantizes_inputs_and_weights_and_keeps_the_head(trained, calib):

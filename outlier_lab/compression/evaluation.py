@@ -6,8 +6,8 @@ agreement); and the glue to train.py / evaluate.py (``compression_results`` read
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 from rich.console import Console
@@ -19,6 +19,9 @@ from outlier_lab.compression.passes import device_of, eval_mode
 from outlier_lab.compression.protocols import PROTOCOLS, check_protocols
 
 ROWS = 4096  # tokens per slice of the divergence: (ROWS, vocab) float32 temporaries, not (B*T, vocab)
+# the most bytes of full-precision log-probabilities kept across protocols (evaluate_protocols):
+# a nano run's 65,536 validation tokens x 256 bytes take 64 MiB; GPT-2's vocabulary, 13 GiB
+REFERENCE_BYTES = 256 * 2**20
 
 
 def _cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -54,6 +57,26 @@ def _divergence(fp_logp: torch.Tensor, fp_top1: torch.Tensor, logits: torch.Tens
     return kl, agree
 
 
+class _Reference(NamedTuple):
+    """One validation batch on the model's device with the full-precision model's answer:
+    its cross-entropy sum, (N, vocab) log-probabilities and (N,) argmax."""
+    x: torch.Tensor
+    y: torch.Tensor
+    cross_entropy: float
+    logp: torch.Tensor
+    top1: torch.Tensor
+
+
+def _references(model: nn.Module, val_batches: list) -> Iterator[_Reference]:
+    """The full-precision pass, batch by batch (call inside ``eval_mode(model)``)."""
+    device = device_of(model)
+    for x, y in val_batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        yield _Reference(x, y, _cross_entropy_sum(logits, y), logits.float().flatten(0, -2).log_softmax(-1),
+                         logits.argmax(-1).flatten())
+
+
 def evaluate_protocols(model: nn.Module, names: Iterable[str], val_batches: Iterable, calib_batches: Iterable,
                        keep_head_fp: bool = True) -> dict[str, float]:
     """Validation perplexity in full precision ("compress/fp/ppl"), then for each protocol
@@ -62,36 +85,38 @@ def evaluate_protocols(model: nn.Module, names: Iterable[str], val_batches: Iter
     of tokens whose argmax agrees). Unknown names raise ConfigError before any work. The
     model itself is not changed.
 
-    One pass over the validation batches: each batch's full-precision logits are computed
-    once and compared with every protocol's, so the compressed copies (one model copy each)
-    exist together, and no (B, T, vocab) logits outlive their batch."""
+    One protocol at a time: its compressed copy is built, scored on every validation batch
+    and freed before the next one is built, so at most one copy exists besides the model.
+    The full-precision log-probabilities are computed once and kept for every protocol
+    when they take at most REFERENCE_BYTES (a small vocabulary and validation split, as a
+    training run's); otherwise they are recomputed batch by batch for each protocol, so
+    that no (tokens, vocab) tensor of the whole split is ever held."""
     names = check_protocols(names)
     val_batches, calib_batches = list(val_batches), list(calib_batches)
-    compressed = {name: PROTOCOLS[name](model, calib_batches, keep_head_fp=keep_head_fp) for name in names}
-    device = device_of(model)
-    fp_total, tokens = 0.0, 0
-    sums = {name: [0.0, 0.0, 0] for name in names}  # cross-entropy, KL, top-1 agreements
-    with ExitStack() as stack:
-        for m in (model, *compressed.values()):
-            stack.enter_context(eval_mode(m))
-        for x, y in val_batches:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            fp_total += _cross_entropy_sum(logits, y)
-            tokens += y.numel()
-            fp_top1 = logits.argmax(-1).flatten()
-            fp_logp = logits.float().flatten(0, -2).log_softmax(-1)
-            del logits
-            for name, copy in compressed.items():
-                logits = copy(x)
-                kl, agree = _divergence(fp_logp, fp_top1, logits)
-                sums[name][0] += _cross_entropy_sum(logits, y)
-                sums[name][1] += kl
-                sums[name][2] += agree
-                del logits
+    kept: list[_Reference] | None = []  # None once they outgrow REFERENCE_BYTES
+    fp_total, tokens, kept_bytes = 0.0, 0, 0
+    with eval_mode(model):
+        for ref in _references(model, val_batches):
+            fp_total += ref.cross_entropy
+            tokens += ref.y.numel()
+            if kept is not None:
+                kept.append(ref)
+                kept_bytes += ref.logp.numel() * ref.logp.element_size()
+                kept = kept if kept_bytes <= REFERENCE_BYTES else None
     fp_ppl = _exp_mean(fp_total, tokens)
     results = {"compress/fp/ppl": fp_ppl}
-    for name, (total, kl, agree) in sums.items():
+    for name in names:
+        compressed = PROTOCOLS[name](model, calib_batches, keep_head_fp=keep_head_fp)
+        total, kl, agree = 0.0, 0.0, 0
+        with eval_mode(model), eval_mode(compressed):
+            for ref in kept if kept is not None else _references(model, val_batches):
+                logits = compressed(ref.x)
+                batch_kl, batch_agree = _divergence(ref.logp, ref.top1, logits)
+                total += _cross_entropy_sum(logits, ref.y)
+                kl += batch_kl
+                agree += batch_agree
+                del logits
+        del compressed  # freed here, before the next protocol builds its copy
         ppl = _exp_mean(total, tokens)
         results.update({f"compress/{name}/ppl": ppl, f"compress/{name}/ppl_ratio": ppl / fp_ppl,
                         f"compress/{name}/kl": kl / tokens, f"compress/{name}/top1_agreement": agree / tokens})
