@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +219,24 @@ def test_default_run_for_50_steps_beats_unigram_and_leaves_offline_wandb_run(tmp
     unigram = float(out.split("unigram baseline ")[1].split()[0].rstrip(";"))
     assert 3.0 < unigram < 3.6 and val[max(val)] < unigram  # the final validation, after step 50
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_a_tiny_run_console_has_no_noise(tmp_path, corpus_glob, cache_dir):
+    """The console of a run with the default callbacks and wandb: no wandb warning about the
+    deprecated anonymous setting (Lightning passes it), no Lightning notice that it skips its
+    default model summary, and one summary whose FLOPs are counted (not 0)."""
+    quiet = ("callbacks.progress_bar=null", "callbacks.model_summary=null", "logger=csv")  # TINY's, dropped here
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # tests/conftest.py silences wandb
+    result = subprocess.run(
+        [sys.executable, "train.py", *(o for o in TINY if o not in quiet), "trainer.max_steps=2",
+         "eval.compression=[]", "data=text_files", f"data.corpus.paths=[{corpus_glob}]", f"data.cache_dir={cache_dir}",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "WANDB_MODE": "offline"})
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "wandb: Tracking run" in out  # wandb did speak
+    assert "anonymous" not in out
+    assert "model summary callbacks" not in out
+    assert out.count("Total params") == 1
+    total_flops = re.search(r"Total FLOPs: ([\d.]+)", out)
+    assert total_flops and float(total_flops[1]) > 0, out[-3000:]

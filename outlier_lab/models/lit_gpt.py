@@ -98,6 +98,8 @@ class LitGPT(L.LightningModule):
         self.save_hyperparameters(dict(model=self.model.config, optim=asdict(self.optim)))
         self.hparams["regularizer"] = self.penalties.config()  # plain too: {} without penalties
         self.val_loss = MeanMetric()
+        # one window of token ids, which Lightning's model summary runs to count FLOPs and show sizes
+        self.example_input_array = torch.zeros(1, self.model.config["block_size"], dtype=torch.long)
 
     @property
     def flops_per_batch(self) -> int:
