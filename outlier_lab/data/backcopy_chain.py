@@ -42,7 +42,10 @@ def _cdf(p: np.ndarray) -> np.ndarray:
 
 
 class BackcopyChain:
-    """The process itself: sampling and its exact statistics (plain numpy, picklable)."""
+    """The process itself: sampling and its exact statistics (plain numpy, picklable). s_1
+    is drawn from ``p_start``, the unigram u without the triggers, renormalised: as in Guo
+    et al.'s ``bbm`` task (their ``no_trigger_init``), not uniformly; where the two
+    generators differ is listed in outlier_lab/data/bigram_backcopy.py."""
 
     def __init__(self, data: bytes, vocab: int, triggers: int, block_size: int, bos: bool):
         stream = np.frombuffer(data, dtype=np.uint8)

@@ -20,10 +20,26 @@ How a sequence is made:
 - With ``bos`` the model reads [BOS, s_1 .. s_{T-1}] and predicts s_1 .. s_T (BOS = id V,
   V+1 ids); without it reads s_1 .. s_T and predicts s_2 .. s_{T+1} (V ids).
 
-Where this differs from Guo et al.'s generator (their ``dormant_copy_2``, sequences of
-256): s_1 comes from the trigger-free unigram rather than uniformly from the non-trigger
-ids; the vocabulary is the V most frequent *bytes* rather than every character of their
-text; the default source is the Python standard library rather than their text.
+Guo et al.'s public generator is the ``bbm`` class of BBM/data.py in their repository
+(github.com/GuoTianYu2000/Active-Dormant-Attention), the task that their README and
+BBM/scripts/ train on (``task_name=bbm``). The process is the same: s_1 from the unigram
+with the triggers removed and renormalised (their ``no_trigger_init``), then a copy of
+s_{t-1} after a trigger and a draw from P(. | s_t) after any other token. What differs:
+
+- Source text: theirs is Tiny Shakespeare (BBM/data/prepare.py); ours is the first 4 MB of
+  the Python standard library's sources by default (``source`` takes any file).
+- Vocabulary: theirs is every character of the text (65, plus BOS and a delimiter id that
+  their bbm runs never emit: 67 ids), nothing removed, triggers the k most frequent (k = 3
+  or 5 in their scripts) at their ids in character order. Ours keeps the V most frequent byte
+  values and removes every other byte from the stream before counting (the bytes on either
+  side of a removed one then count as a pair), with ids by frequency, triggers 0..k-1.
+- Length: their model reads 256 positions, BOS and s_1 .. s_255 (``seq_length``, which no
+  script changes); ours reads ``block_size``, 128 by default and 64 in the mechanism study
+  (docs/mechanism.md).
+- The BOS query: their trigger / non-trigger split of the loss and of the attention on BOS
+  (``~triggers_pos`` in BBM/train_main.py and BBM/probe_utils.py) counts the BOS position on
+  the non-trigger side; our "dormant" domain leaves BOS out (``probe_domains``), so dormant
+  statistics are over text queries only.
 
 The optimum is exact: after a non-trigger b the next token has entropy H(P(.|b)) whatever
 came before, after a trigger it is certain, and the expected loss over a row follows from
