@@ -14,21 +14,35 @@ for each parameter, with a fixed orthogonal Q,
 with m^, v^ bias-corrected as in Adam. Since Q is orthogonal, SGD would be unchanged by it;
 only the coordinate-wise division sees the new basis.
 
-How Q is built here (where this may differ from the authors' code, which was not available
-to check): a dense Q over the flattened parameter would need n^2 entries (n = 65,536 for
-one MLP matrix of the nano model: 17 GB), so Q is the Kronecker product of one orthogonal
-matrix per axis of the parameter, ``Q = Q_0 (x) Q_1 (x) ...``: for a matrix gradient G this is
-``Q_0 G Q_1^T``, which mixes every row and every column, so no channel of either side stays
-a coordinate. An axis longer than ``max_dim`` is rotated block-diagonally, by independent
-matrices of at most ``max_dim`` rows (GPT-2's 50,257-token vocabulary axis), and an axis of
-length 1 not at all. Each factor is Haar-distributed (QR of a Gaussian matrix with R's
-diagonal signs folded in; Mezzadri 2007), drawn in float64 on the CPU from a generator seeded
-with ``seed`` and the parameter's index in the optimizer, so the matrices are the same on
-every device and rank and after a resume: they are regenerated, not stored, which keeps
-checkpoints the size of Adam's (the seed is in each group, hence in the checkpoint). They
-live on the parameters' device: 20 MiB for model=nano, 263 MiB for small, 2.8 GiB for GPT-2
-124M (6x its weights). Weight decay is AdamW's decoupled ``theta <- theta (1 - lr wd)``, the
-same in either basis.
+How Q is built here: not one rotation per parameter, but the Kronecker product of one
+orthogonal matrix per axis of the parameter, ``Q = Q_0 (x) Q_1 (x) ...``; for a matrix
+gradient G this is ``Q_0 G Q_1^T``. An axis longer than ``max_dim`` is rotated
+block-diagonally, by independent matrices of at most ``max_dim`` rows (GPT-2's 50,257-token
+vocabulary axis), and an axis of length 1 not at all. Each factor is Haar-distributed (QR of
+a Gaussian matrix with R's diagonal signs folded in; Mezzadri 2007). Compared with one
+Haar-random rotation of the whole flattened parameter (n = n_0 n_1 entries):
+
+- For a 1-D parameter (a bias, a norm gain) of at most ``max_dim`` entries the two are the
+  same: one Haar rotation of the whole vector.
+- For a matrix, Q_0 (x) Q_1 is orthogonal and every rotated coordinate still mixes every
+  entry of G, but it is not Haar on O(n): it ranges over n_0(n_0-1)/2 + n_1(n_1-1)/2
+  dimensions of the n(n-1)/2 of O(n) (34,656 against 134 million for a 256 x 64 matrix).
+  Each new coordinate is a rank-one direction q_i r_j^T, and the rotated gradient keeps the
+  singular values of G, which a dense rotation of the flattened gradient does not. Adam's
+  per-coordinate moments are thus taken along these rank-one directions, where a dense Q
+  would take them along generic directions of the flattened parameter.
+- Blocks (axes over ``max_dim``) and length-1 axes restrict it further.
+
+A dense Q would need n^2 entries: 1 GiB (float32) for one 256 x 64 MLP matrix of the
+mechanism study's width-64 model, 17 GB at model=nano's default width 128, so it is not
+offered. Whether Kaul et al. draw dense rotations or structured ones could not be checked:
+neither their code nor the full text of their Algorithm 1 was readable when this was written.
+The factors are drawn in float64 on the CPU from a generator seeded with ``seed`` and the
+parameter's index in the optimizer, so the matrices are the same on every device and rank
+and after a resume: they are regenerated, not stored, which keeps checkpoints the size of
+Adam's (the seed is in each group, hence in the checkpoint). They live on the parameters'
+device: 20 MiB for model=nano, 263 MiB for small, 2.8 GiB for GPT-2 124M (6x its weights).
+Weight decay is AdamW's decoupled ``theta <- theta (1 - lr wd)``, the same in either basis.
 """
 
 from __future__ import annotations
