@@ -28,6 +28,17 @@ that Muon reuses AdamW's tuned lr and weight decay: every recipe of this project
 study's lr 1e-2 and weight decay 2.0, the mechanism study's 3e-3) then runs with Muon
 unchanged, and a comparison differs only in the update rule. Jordan's setting is
 ``optim.optimizer.adjust_lr_fn=original optim.optimizer.muon_lr=0.02``.
+
+So ``optim=muon`` is Muon with Moonlight's step size, not Jordan's Muon, and not torch's own
+default either (``adjust_lr_fn=None``, "original"). Jordan's reference
+(github.com/KellerJordan/Muon, muon.py: ``update *= max(1, rows / cols) ** 0.5``, lr 0.02 by
+default) has the same momentum, Newton-Schulz steps and decoupled decay as torch's
+"original"; only the step per matrix differs. For the mechanism study's width 64 at its peak
+lr 3e-3, Moonlight's rule steps 0.0048 (64 x 64), 0.0083 (192 x 64) and 0.0096 (256 x 64,
+64 x 256); Jordan's rule at 0.02 steps 0.02, 0.035, 0.04 and 0.02: 4.2 times larger, 2.1
+for the MLP's 64 x 256 down projection. Both follow the same warmup and cosine (to 1/10 of
+the peak in that recipe), and the weight decay becomes 0.02 x wd per step instead of
+3e-3 x wd. docs/mechanism.md ("Attention design or optimizer") ran both rules.
 """
 
 from __future__ import annotations
