@@ -65,9 +65,15 @@ def test_channel_token_heatmap_shape_and_norm(t, labels):
     (ax,) = _panels(fig)
     assert len(fig.axes) == 2  # heatmap + colorbar
     (image,) = ax.get_images()
-    assert image.get_array().shape == (min(t, 64), 64)
-    assert image.norm.vmax == pytest.approx(500.0)
-    assert image.norm.vmin > 0
+    plotted = np.asarray(image.get_array())
+    assert plotted.shape == (min(t, 64), 64)
+    assert np.allclose(plotted, h[:64].abs().numpy()) and plotted.max() == pytest.approx(500.0)  # |h| itself
+    # a linear colour scale from 0 to max |h|: half of the largest entry is half-way up the colours
+    assert (image.norm.vmin, image.norm.vmax) == (0.0, pytest.approx(500.0))
+    assert image.norm(250.0) == pytest.approx(0.5) and image.norm(5.0) == pytest.approx(0.01)
+    (ring,) = ax.get_lines()  # around the largest entry: channel 7, its first position
+    assert ring.get_xydata().tolist() == [[7.0, 0.0]]
+    assert ax.get_xlim() == (-0.5, 63.5)  # the ring does not widen the axes
     if labels:
         ticks = [tick.get_text() for tick in ax.get_yticklabels()]
         assert ticks[:4] == ["<s>", "\\n", "\u2423", "."]

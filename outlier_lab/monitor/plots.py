@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.colors import LogNorm
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -58,21 +58,21 @@ def layer_profile(per_layer: list[dict[str, float]], title: str) -> Figure:
 
 def channel_token_heatmap(h: torch.Tensor, title: str, token_labels: list[str] | None = None,
                           max_tokens: int = 64) -> Figure:
-    """|h| of one sequence, (T, C), as a log-scaled heatmap: x = channel, y = token position."""
+    """|h| of one sequence, (T, C), as a heatmap on a linear colour scale from 0 to the largest
+    |h| (x = channel, y = token position): the largest entries, the outliers, are the darkest
+    cells, everything near zero fades to white, and the largest one is ringed."""
     if h.dim() != 2:
         raise ValueError(f"channel_token_heatmap expects a (T, C) tensor, got shape {tuple(h.shape)}")
     values = h[:max_tokens].detach().float().abs().cpu().numpy()
     n_tokens, n_channels = values.shape
     peak = float(np.nanmax(values)) if values.size else 0.0
-    floor = peak * 1e-5 if peak > 0 else 1e-6  # LogNorm needs positive values
-    norm = LogNorm(vmin=floor, vmax=max(peak, 10 * floor))
 
     labelled = token_labels is not None and len(token_labels) >= n_tokens and n_tokens <= 64
     fig = new_figure(8.0, min(9.0, max(3.5, 1.6 + 0.13 * n_tokens)) if labelled else 4.5)
     ax = fig.add_subplot()
-    image = ax.imshow(np.maximum(values, floor), norm=norm, cmap="magma", aspect="auto",
-                      interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="|h| (log)")
+    image = ax.imshow(values, norm=Normalize(vmin=0.0, vmax=peak if peak > 0 else 1.0), cmap="magma_r",
+                      aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="|h|")
     ax.set_xlabel("channel")
     ax.set_ylabel("token" if labelled else "token position")
     ax.set_title(title)
@@ -83,7 +83,9 @@ def channel_token_heatmap(h: torch.Tensor, title: str, token_labels: list[str] |
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if values.size:  # name the hottest channel, the one the outlier analysis is about
         t, c = np.unravel_index(np.nanargmax(values), values.shape)
-        ax.set_xlabel(f"channel (max |h| = {peak:.3g} at channel {c}, position {t})")
+        ax.set_xlabel(f"channel (max |h| = {peak:.3g} at channel {c}, position {t}, ringed)")
+        ax.plot(c, t, marker="o", markersize=14, markerfacecolor="none", markeredgecolor="tab:cyan",
+                markeredgewidth=2, linestyle="none", clip_on=False)
     return fig
 
 
