@@ -30,17 +30,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from outlier_lab.data.interface import check_data_module
 from outlier_lab.data.tokenizers import TOKENIZERS, build_tokenizer
 from outlier_lab.errors import ConfigError, exit_on_config_error
 from outlier_lab.models.checkpoint import load_model
 from outlier_lab.monitor import plots
 from outlier_lab.metrics import declared, expand
+from outlier_lab.metrics.thresholds import Thresholds, register_config
 from outlier_lab.metrics.tokens import vocabulary_classes
-from outlier_lab.monitor.probes import data_domains, measure_model
-from outlier_lab.pretrained import families, load, probe as hf_probe
+from outlier_lab.probe.ours import data_domains, measure_model
+from outlier_lab.pretrained import load
+from outlier_lab.probe import families, hf as hf_probe
 
 console = Console()
-THRESHOLDS = ("massive_abs", "massive_ratio", "token_ratio", "sink_eps", "sink_tokens")
+register_config()  # the thresholds group of configs/analyze.yaml
 
 
 @dataclass
@@ -106,6 +109,7 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
         if data_config is None:
             raise ConfigError(f"{cfg.ckpt} carries no data config (a nanoGPT checkpoint): give text=FILE")
         datamodule = hydra.utils.instantiate({**data_config, "block_size": block_size})
+        check_data_module(datamodule)
         datamodule.prepare_data()
         datamodule.setup("validate")
         ids = datamodule.probe_batch(int(cfg.windows))
@@ -140,9 +144,9 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
     if (cfg.ckpt is None) == (cfg.hf is None):
         raise ConfigError("give one of ckpt=PATH (a train.py or nanoGPT checkpoint) or model=hf:NAME_OR_PATH")
     subject = hf_subject(cfg) if cfg.hf is not None else checkpoint_subject(cfg)
-    thresholds = {key: cfg.callbacks.outlier_monitor[key] for key in THRESHOLDS}
+    thresholds = Thresholds.of(cfg.thresholds)
     vocab = subject.vocab_size
-    result, metrics = subject.measure(subject.idx, vocabulary_classes(subject.decode, vocab), **thresholds,
+    result, metrics = subject.measure(subject.idx, vocabulary_classes(subject.decode, vocab), thresholds=thresholds,
                                       **subject.domains)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,9 +166,9 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
         print_interventions(rows)
     if cfg.compress:
         from outlier_lab.compression.evaluation import print_results
-        from outlier_lab.pretrained.compress import compression_results
+        from outlier_lab.pretrained.compress import score_on_windows
 
-        results = compression_results(subject.model, subject.family, subject.idx, cfg.compress)
+        results = score_on_windows(subject.model, subject.family, subject.idx, cfg.compress)
         (out / "compression.json").write_text(json.dumps(results, indent=2))
         print_results(results, console)
     console.print(f"[bold]Analysis:[/] {escape(str(out / 'analysis.json'))} and {escape(str(out / 'plots'))}/")

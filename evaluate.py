@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markup import escape
 
+from outlier_lab.data.interface import check_data_module
 from outlier_lab.errors import ConfigError, exit_on_config_error
 from outlier_lab.models.checkpoint import data_config, load_model
-from outlier_lab.compression import check_protocols, compression_results, print_results
+from outlier_lab.compression import check_protocols, score_on_datamodule, print_results
 from outlier_lab.summary import merge_summary
 
 console = Console()
@@ -51,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model, saved = load_model(cfg.ckpt, cfg.get("nanogpt"))
     model.eval()
     datamodule = hydra.utils.instantiate(checkpoint_data(cfg, saved, model.block_size))
+    check_data_module(datamodule)
     if datamodule.vocab_size > model.config["vocab_size"]:
         raise ConfigError(f"data.tokenizer={datamodule.tokenizer.name} has {datamodule.vocab_size} tokens; "
                           f"the model only {model.config['vocab_size']}")
@@ -58,7 +60,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("validate")
     if torch.cuda.is_available():
         model = model.cuda()
-    results = compression_results(model, datamodule, cfg.eval)
+    results = score_on_datamodule(model, datamodule, cfg.eval)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # merged, not overwritten: with paths.output_dir=<run dir> the results join that run's summary

@@ -27,11 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.markup import escape
 
+from outlier_lab.data.interface import check_data_module
 from outlier_lab.errors import ConfigError, exit_on_config_error, is_integer, is_number
 from outlier_lab.models.checkpoint import load_checkpoint
-from outlier_lab.models.csv_logger import ResumableCSVLogger
+from outlier_lab.trainer.csv_logger import ResumableCSVLogger
+from outlier_lab.trainer.step_budget import Step, check_step
 from outlier_lab.models.lit_gpt import NonFiniteLossError
-from outlier_lab.compression import check_protocols, compression_results, print_results
+from outlier_lab.compression import check_protocols, score_on_datamodule, print_results
+from outlier_lab.metrics.thresholds import register_config
+from outlier_lab.models.attention import get_attention_class, register_configs as register_attention_configs
 from outlier_lab.summary import log_metrics, update_summary
 from outlier_lab.sweep import in_multirun, job_dirname, record_failure, sweep_group
 
@@ -40,6 +44,8 @@ from outlier_lab.sweep import in_multirun, job_dirname, record_failure, sweep_gr
 # pickled.
 console = get_console
 CONFIGS = Path(__file__).resolve().parent / "configs"
+register_config()  # the thresholds group of configs/train.yaml
+register_attention_configs()  # the attention_options group that configs/attention/ extends
 
 
 def quiet_lightning() -> None:
@@ -147,6 +153,18 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None) ->
     return loggers
 
 
+def check_step_budget(cfg: DictConfig, model, datamodule) -> None:
+    """Refuse a step that cannot fit the machine, warn about one that takes minutes
+    (outlier_lab/trainer/step_budget.py), before any data is read."""
+    c, monitor = model.config, (cfg.get("callbacks") or {}).get("outlier_monitor")
+    step = Step(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["block_size"],
+                vocab_size=c["vocab_size"], parameters=model.num_parameters(), batch_size=datamodule.batch_size,
+                stores_attention_maps=get_attention_class(c["attention"]["name"]).family != "softmax",
+                probe_sequences=int(monitor.probe_sequences) if monitor else 0)
+    on_gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    check_step(step, torch.device("cuda" if on_gpu else "cpu"), lambda text: console().print(f"[yellow]Warning:[/] {text}"))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, validate, and return the final validation metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -156,8 +174,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     set_threads(cfg.get("torch_threads"))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
+    check_data_module(datamodule)
     module = hydra.utils.instantiate(cfg.module, model={"vocab_size": datamodule.vocab_size})
     module.data_config = OmegaConf.to_container(cfg.data, resolve=True)  # saved in every checkpoint
+    check_step_budget(cfg, module.model, datamodule)
     ckpt_path, resume_step = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg, output_dir, resume_step)
@@ -173,7 +193,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
         results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         if trainer.is_global_zero and cfg.get("eval", {}).get("compression"):
-            compressed = compression_results(module.model, datamodule, cfg.eval)
+            compressed = score_on_datamodule(module.model, datamodule, cfg.eval)
             log_metrics(trainer, compressed)
             update_summary(trainer, compressed)
             print_results(compressed, console())

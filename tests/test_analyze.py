@@ -63,7 +63,7 @@ def test_analyze_a_nanogpt_checkpoint_on_a_text(tmp_path):
                                              "nanogpt.attention=ca_bias", "windows=3"))
     ids = torch.tensor(list(text.read_bytes()[:48])).view(3, 16)  # 3 consecutive windows of the block size
     from outlier_lab.metrics.tokens import vocabulary_classes
-    from outlier_lab.monitor.probes import measure_model
+    from outlier_lab.probe.ours import measure_model
 
     _, want = measure_model(model.eval(), ids, vocabulary_classes(lambda i: bytes([i]).decode("latin-1"), 256))
     assert values["outliers/act/avg_kurtosis"] == pytest.approx(want["outliers/act/avg_kurtosis"], rel=1e-6)

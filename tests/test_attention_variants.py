@@ -43,7 +43,7 @@ CASE_IDS = [case_id(c) for c in CASES]
 def reference(module, x, rope, opts):
     """The variant's declared reference; a variant without one fails here, saying so."""
     try:
-        return module.reference(x, rope, **opts)
+        return module.reference(x, rope, **{**module.options(), **opts})
     except NotImplementedError as err:
         pytest.fail(str(err))
 

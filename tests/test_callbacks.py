@@ -13,7 +13,7 @@ import train
 from outlier_lab.models.gpt import GPT
 from outlier_lab.monitor import ConvergenceMonitor
 from outlier_lab.metrics import Probe, run_measures
-from outlier_lab.monitor.probes import probe
+from outlier_lab.probe.ours import probe
 from tests.helpers import TINY, compose_train, read_metric
 
 

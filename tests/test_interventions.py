@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.errors import ConfigError
 from outlier_lab.models.gpt import GPT
-from outlier_lab.monitor.probes import measure_model
-from outlier_lab.pretrained import families
+from outlier_lab.probe.ours import measure_model
+from outlier_lab.probe import families
 from outlier_lab.pretrained.convert import gpt_to_hf_gpt2
 from outlier_lab.pretrained.interventions import INTERVENTIONS, Plan, evaluate, plan_edits, run_interventions
-from outlier_lab.pretrained.probe import measure_hf, prepare
+from outlier_lab.probe.hf import measure_hf, prepare
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 X, MARKER, CHANNEL, UNIT, HEAD = 7, 5, 42, 3, 2
 NAMES = list(INTERVENTIONS)
 POSITIONS = [0, 9, 15, 20]  # where X is in ``windows()``
-THRESHOLDS = dict(massive_abs=100.0, massive_ratio=1000.0, sink_eps=0.3, sink_tokens=64)
+THRESHOLDS = Thresholds(massive_abs=100.0, massive_ratio=1000.0, sink_eps=0.3, sink_tokens=64)
 
 
 def windows(count: int = 4, length: int = 24) -> torch.Tensor:
@@ -66,8 +67,8 @@ def pair():
     ours, idx = planted_gpt(), windows()
     hf = gpt_to_hf_gpt2(ours)
     prepare(hf, families.family_of("gpt2"))
-    return (ours, *measure_model(ours, idx, **THRESHOLDS)), (hf, *measure_hf(hf, families.family_of("gpt2"), idx,
-                                                                            **THRESHOLDS)), idx
+    return (ours, *measure_model(ours, idx, thresholds=THRESHOLDS)), (hf, *measure_hf(hf, families.family_of("gpt2"), idx,
+                                                                            thresholds=THRESHOLDS)), idx
 
 
 def rows_by_name(rows):
@@ -169,7 +170,7 @@ def test_massive_activations_of_a_llama_model():
     model, idx = planted_llama(), windows()
     family = families.family_of("llama")
     prepare(model, family)
-    result, metrics = measure_hf(model, family, idx, **THRESHOLDS)
+    result, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
     assert metrics["outliers/act/top_channel_layer"] == 1
     rows = rows_by_name(run_interventions(model, family, idx, ["massive_zero", "massive_mean"], result, metrics,
                                           THRESHOLDS))
@@ -187,7 +188,7 @@ def test_nothing_qualifies_in_an_unplanted_model():
                                      activation_function="gelu")
     model, family, idx = transformers.GPT2LMHeadModel(config).eval(), families.family_of("gpt2"), windows()
     prepare(model, family)
-    result, metrics = measure_hf(model, family, idx, **THRESHOLDS)
+    result, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
     rows = rows_by_name(run_interventions(model, family, idx, ["massive_zero", "massive_mean", "sink_drop"], result,
                                           metrics, THRESHOLDS))
     for name in ("massive_zero", "massive_mean", "sink_drop"):

@@ -17,6 +17,7 @@ def scratch_registry(monkeypatch):
     """An empty registry for the test, the real one restored afterwards."""
     monkeypatch.setattr(registry, "_METRICS", {})
     monkeypatch.setattr(registry, "_MEASURES", [])
+    monkeypatch.setattr(registry, "_LOADED", set(registry.SECTIONS.values()))  # nothing real loads into it
 
 
 def test_the_monitor_history_and_emergence_come_from_the_declarations():
@@ -29,11 +30,10 @@ def test_the_monitor_history_and_emergence_come_from_the_declarations():
 
 
 def test_report_columns_are_ordered_by_section_then_declaration():
-    import outlier_lab.compression  # noqa: F401  (declares the protocols' ppl ratios)
-
     keys = [m.key for m in metrics.declared() if m.column]
     sections = [key.split("/")[0] for key in keys]
-    assert sections == sorted(sections, key=registry.SECTIONS.index)
+    assert sections == sorted(sections, key=list(registry.SECTIONS).index)
+    assert {"convergence/final_val_loss", "compress/w8a8/ppl_ratio"} <= set(keys)  # loaded by the registry itself
     assert keys.index("outliers/attn/sink_rate") < keys.index("outliers/attn/first_token_share/max")
 
 
@@ -67,10 +67,47 @@ def test_unknown_key_lists_the_declared_ones():
 
 def test_measures_produce_every_declared_probe_key():
     from outlier_lab.models.gpt import GPT
-    from outlier_lab.monitor.probes import probe
+    from outlier_lab.probe.ours import probe
 
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
     idx = torch.randint(0, 64, (2, 16))
     values = metrics.run_measures(metrics.Probe(probe(model, idx), model))
     assert set(metrics.curve_keys()) <= set(values)
+
+
+def declared_in_a_fresh_process(first_import: str) -> list[str]:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (f"import sys, json\nimport {first_import}\nfrom outlier_lab.metrics.registry import declared\n"
+            "keys = [m.key for m in declared()]\n"
+            "print(json.dumps({'keys': keys, 'lightning': any(m.split('.')[0] in ('lightning', 'pytorch_lightning') "
+            "for m in sys.modules)}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_the_declarations_load_without_training_code_in_one_order_whatever_was_imported_first():
+    """The report's columns follow the declarations' order, which must not depend on which
+    module a process happened to import first, and reading them must not pull in Lightning."""
+    via_report = declared_in_a_fresh_process("outlier_lab.report.cli")  # python -m outlier_lab.report
+    via_compression = declared_in_a_fresh_process("outlier_lab.compression.protocols")
+    assert via_report["keys"] == via_compression["keys"]
+    assert not via_report["lightning"] and not via_compression["lightning"]
+    keys = via_report["keys"]
+    assert keys.index("convergence/final_val_loss") < keys.index("outliers/attn/sink_rate") < keys.index(
+        "compress/w8a8/ppl_ratio")
+
+
+def test_a_project_module_cannot_declare_outside_its_sections_package(scratch_registry):
+    """A metric declared where the registry does not load from would never reach the report."""
+    with pytest.raises(RuntimeError, match="declared in outlier_lab.monitor.extra, outside outlier_lab.metrics"):
+        registry.declare(Metric("outliers/extra", "x", curve=True), source="outlier_lab.monitor.extra")
+    with pytest.raises(RuntimeError, match="outside outlier_lab.compression"):
+        registry.declare(Metric("compress/x/ppl_ratio", "x"), source="outlier_lab.metrics.measures")
+    registry.declare(Metric("outliers/extra", "x", curve=True), source="outlier_lab.metrics.extra")  # inside: fine

@@ -199,3 +199,33 @@ def test_classes_come_from_the_runs_tokenizer_not_byte_ids():
     assert classes[46] == OTHER and classes[7] == STRONG and classes[8] == WEAK
     positions = position_classes(torch.tensor([[7, 7, 46, 8]]), classes)
     assert positions.tolist() == [[INITIAL, STRONG, OTHER, WEAK]]
+
+
+def test_a_sequence_without_a_spread_contributes_no_kurtosis():
+    """0 / 0 is not a kurtosis: a constant (here all-zero, as SGD can leave an output) sequence
+    is left out, so the value is the other sequences' own, finite, and not dragged to NaN."""
+    from outlier_lab.metrics.activations import kurtosis, mean_kurtosis
+
+    torch.manual_seed(0)
+    live = torch.randn(3, 16, 8)
+    live[1, 0, 0] = 40.0  # one heavy-tailed sequence, so the mean is not just a Gaussian's 3
+    with_dead = torch.cat([live, torch.zeros(1, 16, 8), torch.full((1, 16, 8), 0.1)])
+    assert kurtosis(with_dead) == pytest.approx(kurtosis(live), rel=1e-6)
+    by_hand = [float((s - s.mean()).pow(4).mean() / (s - s.mean()).pow(2).mean() ** 2) for s in live.reshape(3, -1)]
+    assert kurtosis(live) == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+    assert math.isnan(mean_kurtosis(torch.zeros(2, 5)))
+
+
+def test_avg_kurtosis_skips_a_tensor_with_no_spread():
+    from outlier_lab.metrics import Probe, run_measures
+    from outlier_lab.metrics.activations import kurtosis
+    from outlier_lab.models.gpt import GPT
+    from outlier_lab.probe.ours import probe
+
+    torch.manual_seed(0)
+    model = GPT(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    result = probe(model, torch.randint(0, 32, (2, 8)))
+    result.tensors["h.0.mlp.c_proj"] = torch.zeros_like(result.tensors["h.0.mlp.c_proj"])  # a dead FFN
+    values = run_measures(Probe(result, model))
+    alive = [kurtosis(h) for name, h in result.tensors.items() if name != "h.0.mlp.c_proj"]
+    assert values["outliers/act/avg_kurtosis"] == pytest.approx(sum(alive) / len(alive), rel=1e-6)

@@ -95,7 +95,7 @@ def test_every_variant_with_qk_norm_matches_its_reference(name):
     module = attention(name, **opts)
     x, rope = inputs()
     with torch.no_grad():
-        want = module.reference(x, rope, **opts)["out"]
+        want = module.reference(x, rope, **{**module.options(), **opts})["out"]
         torch.testing.assert_close(module(x, rope), want, rtol=0, atol=1e-10)
         plain = attention(name, qk_norm=False, **opts)
         plain.load_state_dict({k: v for k, v in module.state_dict().items() if "_norm." not in k})

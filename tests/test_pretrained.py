@@ -15,10 +15,10 @@ import torch
 import analyze
 from outlier_lab.errors import ConfigError
 from outlier_lab.models.gpt import GPT
-from outlier_lab.monitor.probes import measure_model
-from outlier_lab.pretrained import families
+from outlier_lab.probe.ours import measure_model
+from outlier_lab.probe import families
 from outlier_lab.pretrained.convert import gpt_to_hf_gpt2, hf_gpt2_to_nanogpt
-from outlier_lab.pretrained.probe import measure_hf, prepare, probe_hf
+from outlier_lab.probe.hf import measure_hf, prepare, probe_hf
 from tests.test_analyze import compose_analyze
 
 transformers = pytest.importorskip("transformers")
@@ -190,15 +190,15 @@ def test_a_model_that_bypasses_the_attention_interface_is_refused():
 def test_compression_of_a_gpt2_model_equals_that_of_its_conversion_to_our_gpt():
     """The protocols on a transformers GPT-2 (Conv1D made nn.Linear, logits from its output)
     score exactly as on the same weights in our GPT; the model itself is left untouched."""
-    from outlier_lab.pretrained.compress import compression_results
+    from outlier_lab.pretrained.compress import score_on_windows
 
     hf = tiny("gpt2")
     ours = GPT.from_nanogpt(hf_gpt2_to_nanogpt(hf.state_dict()), n_head=4).eval()
     idx = torch.randint(0, 256, (3, 24))
     before = {k: v.clone() for k, v in hf.state_dict().items()}
     names = ["w8_absmax", "w4_per_channel", "prune50", "w8a8_linear", "clip_p99.9"]
-    got = compression_results(hf, families.family_of("gpt2"), idx, names)
-    want = compression_results(ours, families.OURS, idx, names)
+    got = score_on_windows(hf, families.family_of("gpt2"), idx, names)
+    want = score_on_windows(ours, families.OURS, idx, names)
     assert set(got) == set(want) and len(got) == 1 + 4 * len(names)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -207,7 +207,7 @@ def test_compression_of_a_gpt2_model_equals_that_of_its_conversion_to_our_gpt():
 
 
 def test_a_protocol_that_needs_our_gpt_is_refused_for_a_transformers_model():
-    from outlier_lab.pretrained.compress import compression_results
+    from outlier_lab.pretrained.compress import score_on_windows
 
     with pytest.raises(ConfigError, match=r"need this project's GPT .* choose from w8a8_linear"):
-        compression_results(tiny("llama"), families.family_of("llama"), torch.randint(0, 256, (1, 8)), ["w8a8"])
+        score_on_windows(tiny("llama"), families.family_of("llama"), torch.randint(0, 256, (1, 8)), ["w8a8"])

@@ -16,7 +16,7 @@ from outlier_lab import report
 from outlier_lab.metrics import registry
 from outlier_lab.metrics.attention import attention_entropy, first_token_share, null_mass, sink_rate, sink_scores
 from outlier_lab.metrics.registry import Metric
-from outlier_lab.monitor.probes import measure_model, probe
+from outlier_lab.probe.ours import measure_model, probe
 
 
 def random_probs(B=3, H=2, T=6, seed=0):
@@ -156,3 +156,66 @@ def test_a_variant_s_own_per_query_values_are_averaged_per_domain(attention, ext
     assert metrics[f"outliers/domain/even/{extra}/layer_0"] == pytest.approx(expected, rel=1e-5)
     # and it is not the unmasked mean
     assert metrics[f"outliers/domain/even/{extra}/layer_0"] != pytest.approx(per_query.mean().item(), rel=1e-4)
+
+
+def test_an_extra_of_an_unknown_layout_is_an_error_not_a_missing_metric(monkeypatch):
+    """Before, an extra of any other shape was dropped, and its domain metric vanished."""
+    model = tiny_gpt("explicit_scale")
+    idx = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(4))
+    attend = type(model.transformer.h[0].attn).attend
+
+    def attend_with_a_per_sequence_extra(self, q, k, v, x, probe):
+        o, extras = attend(self, q, k, v, x, probe)
+        if probe:
+            extras["scale"] = extras["scale"].mean(dim=(1, 2))  # (B,): one number per sequence
+        return o, extras
+
+    monkeypatch.setattr(type(model.transformer.h[0].attn), "attend", attend_with_a_per_sequence_extra)
+    with pytest.raises(RuntimeError, match=r"probe extra of shape \(3,\) is neither per query"):
+        measure_model(model, idx, domains={"even": idx % 2 == 0})
+
+
+def test_differential_s_lambda_is_a_layer_constant_without_a_domain_value():
+    model = tiny_gpt("differential")
+    idx = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(4))
+    _, metrics = measure_model(model, idx, domains={"even": idx % 2 == 0})
+    assert "outliers/domain/even/first_token_share/layer_0" in metrics
+    assert not any("lambda" in key for key in metrics if key.startswith("outliers/domain/"))
+
+
+def test_the_data_module_interface_is_checked():
+    """A required member missing, or an optional one misspelt (found with hasattr, it would be
+    silently never called), is a one-line ConfigError; the real data modules pass."""
+    from outlier_lab.data.bigram_backcopy import BigramBackcopyDataModule
+    from outlier_lab.data.datamodule import TextDataModule
+    from outlier_lab.data.interface import check_data_module, query_domains
+    from outlier_lab.errors import ConfigError
+
+    class Complete:
+        vocab_size = 4
+        decode_token = probe_batch = calibration_batches = validation_batches = lambda self, *args: None
+        train_dataloader = val_dataloader = lambda self: None
+
+    class Misspelt(Complete):
+        def probe_domain(self, tokens):
+            return {"all": torch.ones_like(tokens, dtype=torch.bool)}
+
+    class Partial:
+        vocab_size = 4
+
+        def decode_token(self, token):
+            return str(token)
+
+    for cls in (BigramBackcopyDataModule, TextDataModule, Complete):
+        check_data_module(cls.__new__(cls))
+    with pytest.raises(ConfigError, match="has probe_domain, not probe_domains"):
+        check_data_module(Misspelt())
+    with pytest.raises(ConfigError, match="data module Partial lacks calibration_batches, probe_batch"):
+        check_data_module(Partial())
+
+    class BadMasks:
+        def probe_domains(self, tokens):
+            return {"ok": tokens > 0, "wrong": (tokens > 0).float()}
+
+    with pytest.raises(ConfigError, match="wrong is not one"):
+        query_domains(BadMasks(), torch.zeros(2, 3, dtype=torch.long))

@@ -1,5 +1,5 @@
 """The files a run reads and writes, without training: checkpoints (outlier_lab/models/checkpoint.py),
-metrics.csv across resumption (outlier_lab/models/csv_logger.py), the optimizer settings that a
+metrics.csv across resumption (outlier_lab/trainer/csv_logger.py), the optimizer settings that a
 checkpoint carries (outlier_lab/models/lit_gpt.py), and the loggers that train.py builds."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import train
 from outlier_lab.errors import ConfigError
 from outlier_lab.models.checkpoint import load_checkpoint
-from outlier_lab.models.csv_logger import ResumableCSVLogger
+from outlier_lab.trainer.csv_logger import ResumableCSVLogger
 from outlier_lab.models.lit_gpt import LitGPT
 from tests.helpers import compose_train
 

@@ -191,6 +191,9 @@ def run_cli(*args, timeout=120, **env):
         (["data=text_files", "data.corpus.paths=[/no/such/file.txt]"], "data file not found: '/no/such/file.txt'"),
         (["ckpt_path=/no/such.ckpt"], "checkpoint not found"),
         (["seed=abc"], "Configuration error: seed='abc': give an integer"),
+        (["thresholds.sink_ep=0.4"], "Key 'sink_ep' not in 'Thresholds'"),
+        (["thresholds.sink_eps=high"], "Value 'high' of type 'str' could not be converted to Float"),
+        (["attention=softpick", "attention.epz=1"], "Key 'epz' not in 'SoftpickAttentionOptions'"),
     ],
 )
 def test_bad_input_fails_fast_without_traceback(tmp_path, args, message):
@@ -240,3 +243,12 @@ def test_a_tiny_run_console_has_no_noise(tmp_path, corpus_glob, cache_dir):
     assert out.count("Total params") == 1
     total_flops = re.search(r"Total FLOPs: ([\d.]+)", out)
     assert total_flops and float(total_flops[1]) > 0, out[-3000:]
+
+
+def test_a_misspelt_emergence_key_stops_the_run_instead_of_reading_never_emerged(tmp_path, corpus_glob, cache_dir):
+    cfg = compose_train(tmp_path, *TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]", "trainer.max_steps=2",
+                        "+callbacks.outlier_monitor.emergence.no_such_metric=1", cache_dir=cache_dir)
+    with pytest.raises(ConfigError, match="emergence: no_such_metric is not a value the probe logs; valid: any "
+                                          "logged key, e.g. outliers/"):
+        train.train(cfg)
+    assert not (tmp_path / "summary.json").exists() or "no_such_metric" not in (tmp_path / "summary.json").read_text()

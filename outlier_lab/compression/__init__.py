@@ -38,7 +38,7 @@ tensors or such pairs.
 
 from outlier_lab.compression.activation_points import activation_points, quantize_activations
 from outlier_lab.compression.activations import attach_input_quantizers, clip_activations
-from outlier_lab.compression.evaluation import compression_results, evaluate_protocols, perplexity, print_results
+from outlier_lab.compression.evaluation import score_on_datamodule, evaluate_protocols, perplexity, print_results
 from outlier_lab.compression.observers import calibrate_abs_percentiles, calibrate_input_ranges
 from outlier_lab.compression.passes import HEAD
 from outlier_lab.compression.protocols import PROTOCOLS, check_protocols, protocol
@@ -49,7 +49,7 @@ from outlier_lab.compression.weights import prune_magnitude, quantize_weights, q
 
 __all__ = [
     "HEAD", "PROTOCOLS", "RunningRange", "activation_points", "attach_input_quantizers", "calibrate_abs_percentiles",
-    "calibrate_input_ranges", "check_protocols", "clip_activations", "compression_results", "evaluate_protocols",
+    "calibrate_input_ranges", "check_protocols", "clip_activations", "score_on_datamodule", "evaluate_protocols",
     "mse_weight_range", "perplexity", "print_results", "protocol", "prune_magnitude", "quantize_activations",
     "quantize_asymmetric", "quantize_symmetric", "quantize_to_range", "quantize_weights", "quantize_weights_mse",
     "smooth_shift_scale", "tail_percentiles",

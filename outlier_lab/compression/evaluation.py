@@ -1,6 +1,6 @@
 """Scoring the protocols on the validation batches: perplexity, and how far each compressed
 model's next-token distribution moves from the full-precision one (KL divergence, top-1
-agreement); and the glue to train.py / evaluate.py (``compression_results`` reads the
+agreement); and the glue to train.py / evaluate.py (``score_on_datamodule`` reads the
 ``eval`` config and the datamodule; ``print_results``)."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def evaluate_protocols(model: nn.Module, names: Iterable[str], val_batches: Iter
     return results
 
 
-def compression_results(model: torch.nn.Module, datamodule, cfg: Mapping) -> dict[str, float]:
+def score_on_datamodule(model: torch.nn.Module, datamodule, cfg: Mapping) -> dict[str, float]:
     """``evaluate_protocols`` for the ``eval`` config (compression, calib_batches, keep_head_fp)
     on the datamodule's calibration batches (training data) and validation split."""
     names = check_protocols(cfg.get("compression"))

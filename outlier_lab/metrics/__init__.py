@@ -1,9 +1,9 @@
-"""Outlier metrics in three parts: ``functions`` (pure tensor statistics), ``measures``
-(what each probe computes from them, with the declarations of its headline values) and
-``registry`` (the declarations every consumer reads). Importing the package registers the
-probe measures."""
+"""Outlier metrics: pure tensor statistics (``activations``, ``weights``, ``attention``,
+``tokens``), what each probe computes from them (``measures``, with the declarations of its
+headline values), the convergence values (``convergence``), what a probe captured
+(``probe_result``), the thresholds of the criteria (``thresholds``) and the declarations every
+consumer reads (``registry``, which loads the declaring modules itself)."""
 
-from outlier_lab.metrics import measures  # noqa: F401  (registers the @measure functions)
 from outlier_lab.metrics.measures import Probe
 from outlier_lab.metrics.registry import Metric, curve_keys, declare, declared, emergence_defaults, expand, run_measures
 

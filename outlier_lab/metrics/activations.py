@@ -44,10 +44,23 @@ def median_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy((middle[:, (n - 1) // 2] + middle[:, n // 2]) / 2).to(rows.device)
 
 
+SPREAD_RESOLUTION = 1e-6  # a row whose std is at most this x its rms has no spread that fp32 can tell
+
+
+def mean_kurtosis(rows: torch.Tensor) -> float:
+    """The mean kurtosis of the rows of (N, M) that have a spread. A row without one (every
+    value equal, e.g. all zero; or differing only by float rounding, std <= 1e-6 x rms) has
+    no defined kurtosis (0 / 0; scipy.stats.kurtosis gives NaN) and contributes nothing: it
+    is left out of the mean. NaN when no row has a spread."""
+    rows = rows.float()
+    spread = rows.std(dim=1, correction=0) > SPREAD_RESOLUTION * rows.pow(2).mean(dim=1).sqrt()
+    return kurtosis_rows(rows[spread]).mean().item() if spread.any() else math.nan
+
+
 def kurtosis(h: torch.Tensor) -> float:
-    """Bondarenko et al.: per sequence over its T*C values, averaged over sequences. A 1-D
-    or 2-D tensor (a weight) counts as one sequence."""
-    return kurtosis_rows(sequences(f32(h))).mean().item()
+    """Bondarenko et al.: per sequence over its T*C values, averaged over the sequences that
+    have a spread (``mean_kurtosis``). A 1-D or 2-D tensor (a weight) counts as one sequence."""
+    return mean_kurtosis(sequences(f32(h)))
 
 
 def inf_norm(h: torch.Tensor) -> float:
@@ -96,7 +109,7 @@ def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio
         "massive": int(_massive(rows, med_b, abs_threshold, median_ratio).sum()),
         "massive_ratio": int((big & (rows > 0)).sum()),
         "token_outliers": int((per_token > token_ratio * rows.mean(dim=1, keepdim=True)).sum()),
-        "kurtosis": kurtosis_rows(sequences(x)).mean().item(),
+        "kurtosis": mean_kurtosis(sequences(x)),
         "inf_norm": rows.amax(dim=1).mean().item(),
     }
 

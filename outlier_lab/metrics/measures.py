@@ -7,7 +7,7 @@ The statistics themselves are the pure functions of ``activations``, ``weights``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -15,7 +15,9 @@ import torch
 from outlier_lab.metrics import activations as A
 from outlier_lab.metrics import attention as T
 from outlier_lab.metrics import weights as W
+from outlier_lab.metrics.probe_result import ProbeResult
 from outlier_lab.metrics.registry import Metric, measure
+from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.metrics.tokens import CLASSES, INITIAL
 
 # probe extras that are not summarised as value statistics
@@ -25,14 +27,10 @@ TENSOR_EXTRAS = {"probs", "null_mass", "max_logit", "values"}
 @dataclass
 class Probe:
     """One probe pass and what the measures need besides it."""
-    result: object                        # outlier_lab.monitor.probes.ProbeResult
+    result: ProbeResult                   # what the probe captured
     model: torch.nn.Module
     positions: torch.Tensor | None = None  # (B, T) position classes (metrics.tokens), None: unknown
-    massive_abs: float = 100.0
-    massive_ratio: float = 1000.0
-    token_ratio: float = 1000.0
-    sink_eps: float = 0.3
-    sink_tokens: int | None = 64
+    thresholds: Thresholds = field(default_factory=Thresholds)
     # query domains the data module names: name -> (B, T) bool over the probe's query positions
     domains: dict[str, torch.Tensor] | None = None
     optimum: torch.Tensor | None = None  # (B, T) the true distribution's loss at each position, if known
@@ -41,8 +39,8 @@ class Probe:
     def activation_stats(self) -> dict[str, list[dict[str, float]]]:
         """Per layer, ``activations.activation_stats`` of the residual stream ("act") and of
         the FFN down-projection input ("down")."""
-        thresholds = dict(abs_threshold=self.massive_abs, median_ratio=self.massive_ratio,
-                          token_ratio=self.token_ratio)
+        thresholds = dict(abs_threshold=self.thresholds.massive_abs, median_ratio=self.thresholds.massive_ratio,
+                          token_ratio=self.thresholds.token_ratio)
         return {kind: [A.activation_stats(h, **thresholds) for h in tensors]
                 for kind, tensors in (("act", self.result.residual), ("down", self.result.down_input))}
 
@@ -78,10 +76,12 @@ def activation_outliers(probe: Probe) -> dict[str, float]:
 def bondarenko(probe: Probe) -> dict[str, float]:
     """Bondarenko et al.'s figures over their tensor set (every block output, both norm
     outputs of each block, the attention and FFN output projections' outputs, the final
-    norm's output); max_layer_inf_norm over the block outputs only."""
+    norm's output); max_layer_inf_norm over the block outputs only. A tensor none of whose
+    sequences has a spread (an all-zero output) has no kurtosis and is left out of the average."""
     tensors = probe.result.tensors.values()
-    kurt = [A.kurtosis(h) for h in tensors]
-    return {"outliers/act/avg_kurtosis": sum(kurt) / len(kurt), "outliers/act/max_kurtosis": max(kurt),
+    kurt = [k for k in (A.kurtosis(h) for h in tensors) if not math.isnan(k)]  # NaN: no sequence has a spread
+    return {"outliers/act/avg_kurtosis": math.fsum(kurt) / len(kurt) if kurt else math.nan,
+            "outliers/act/max_kurtosis": max(kurt, default=math.nan),
             "outliers/act/max_inf_norm": max(A.inf_norm(h) for h in tensors),
             "outliers/act/max_layer_inf_norm": max(A.inf_norm(h) for h in probe.result.residual)}
 
@@ -138,9 +138,9 @@ def attention_outliers(probe: Probe) -> dict[str, float]:
         p = extras["probs"]
         share = T.first_token_share(p)
         shares.append(share)
-        scores.append(T.sink_scores(p, probe.sink_tokens))
+        scores.append(T.sink_scores(p, probe.thresholds.sink_tokens))
         out[f"outliers/attn/first_token_share/layer_{layer}"] = share.mean().item()
-        out[f"outliers/attn/sink_rate/layer_{layer}"] = T.sink_rate(scores[-1], probe.sink_eps)
+        out[f"outliers/attn/sink_rate/layer_{layer}"] = T.sink_rate(scores[-1], probe.thresholds.sink_eps)
         # differential attention's A1 - lam A2 has negative entries; entropy is taken over the positive part
         out[f"outliers/attn/entropy/layer_{layer}"] = T.attention_entropy(p.clamp(min=0)).mean().item()
         out[f"outliers/attn/max_logit/layer_{layer}"] = extras["max_logit"].max().item()
@@ -158,7 +158,7 @@ def attention_outliers(probe: Probe) -> dict[str, float]:
                 for stat, v in T.value_stats(value).items():
                     out[f"outliers/attn/{name}/{stat}/layer_{layer}"] = v
     out["outliers/attn/first_token_share/max"] = torch.cat(shares).max().item()
-    out["outliers/attn/sink_rate"] = T.sink_rate(torch.stack(scores), probe.sink_eps)
+    out["outliers/attn/sink_rate"] = T.sink_rate(torch.stack(scores), probe.thresholds.sink_eps)
     out["outliers/attn/outlier_keys"] = int(key_counts.sum())
     out.update({f"outliers/attn/outlier_keys/{name}": int(c) for name, c in zip(CLASSES, key_counts.tolist())})
     out["outliers/attn/null_mass/mean"] = math.fsum(null) / len(null)
@@ -214,7 +214,7 @@ def query_domains(probe: Probe) -> dict[str, float]:
             q = queries.to(p.device)
             shares.append(T.first_token_share(p, q))
             out[f"{prefix}/first_token_share/layer_{layer}"] = shares[-1].mean().item()
-            scores.append(T.sink_scores(p, probe.sink_tokens, q))
+            scores.append(T.sink_scores(p, probe.thresholds.sink_tokens, q))
             entropy.append(T.attention_entropy(p.clamp(min=0), q).mean().item())
             null.append(T.null_mass(extras["null_mass"], q).mean().item() if "null_mass" in extras else math.nan)
             for extra, value in extras.items():  # per-query values (scale, gate, slot weight): their mean here
@@ -222,7 +222,7 @@ def query_domains(probe: Probe) -> dict[str, float]:
                 if rows is not None:
                     out[f"{prefix}/{extra}/layer_{layer}"] = (rows * q).sum().item() / max(int(q.sum()), 1)
         out[f"{prefix}/first_token_share"] = torch.cat(shares).max().item()
-        out[f"{prefix}/sink_rate"] = T.sink_rate(torch.stack(scores), probe.sink_eps)
+        out[f"{prefix}/sink_rate"] = T.sink_rate(torch.stack(scores), probe.thresholds.sink_eps)
         out[f"{prefix}/null_mass"] = math.fsum(null) / len(null)
         out[f"{prefix}/entropy"] = math.fsum(entropy) / len(entropy)
         loss = probe.result.token_loss.to(queries.device)
@@ -236,9 +236,15 @@ def query_domains(probe: Probe) -> dict[str, float]:
 
 def _per_query(value: torch.Tensor, batch: int, heads: int, length: int) -> torch.Tensor | None:
     """(B, T) mean of a probe extra over everything but the sequence and query axes, for the
-    layouts the variants use, (B, H, T, ...) or (B, T, ...); None for other shapes."""
+    layouts the variants use, (B, H, T, ...) or (B, T, ...); None for a layer constant (one
+    number, e.g. differential attention's lambda), which has no per-query value. Any other
+    shape is an error, never a metric that silently goes missing from the domain table."""
     if value.dim() >= 3 and tuple(value.shape[:3]) == (batch, heads, length):
         return value.float().transpose(1, 2).reshape(batch, length, -1).mean(-1)
     if value.dim() >= 2 and tuple(value.shape[:2]) == (batch, length):
         return value.float().reshape(batch, length, -1).mean(-1)
-    return None
+    if value.numel() == 1:
+        return None
+    raise RuntimeError(f"a probe extra of shape {tuple(value.shape)} is neither per query ((B, H, T, ...) or "
+                       f"(B, T, ...) with B={batch}, H={heads}, T={length}) nor one number per layer: "
+                       "give it one of these layouts in the variant's attend")

@@ -7,8 +7,14 @@ declarations, written beside it, say where each headline value goes. The monitor
 summary, the report and ``analyze.py`` read the declarations here and nowhere else, so a
 new metric never means editing a list in another file.
 
-Sections follow the key's first part: ``convergence/``, ``outliers/``, ``compress/``;
-the report orders its columns by section, then by declaration order.
+Sections follow the key's first part: ``convergence/``, ``outliers/``, ``compress/``.
+Each section is declared in one package (``SECTIONS``), and the registry loads the
+declarations itself: every consumer that asks for a section (``declared``, ``run_measures``)
+gets all of it, whatever it happened to import, and loading imports no training code (the
+report reads the declarations without Lightning). A project module that declares a metric
+outside its section's package is an error, so no declaration can stay unseen. The report
+orders its columns by section, then by module (in the package's order), then by
+declaration order within the module: the same order in every process.
 
 A key holding ``{domain}`` declares one metric per query domain that a data module names
 (e.g. ``active`` and ``dormant`` queries of the Bigram-Backcopy task): the domains are not
@@ -18,11 +24,17 @@ expands it against the keys it actually has (``expand``).
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-SECTIONS = ("convergence", "outliers", "compress")
+# each section and the package whose modules declare it (all of them are imported to load it)
+SECTIONS = {"convergence": "outlier_lab.metrics", "outliers": "outlier_lab.metrics",
+            "compress": "outlier_lab.compression"}
+PROJECT = "outlier_lab."  # modules of the project; others (tests, a user's script) declare freely
 DOMAIN = "{domain}"  # the placeholder of a per-domain template key
 
 
@@ -66,7 +78,7 @@ class Metric:
 
     def __post_init__(self):
         if self.section not in SECTIONS:
-            raise ValueError(f"metric {self.key!r}: the key must start with one of {', '.join(SECTIONS)}")
+            raise ValueError(f"metric {self.key!r}: the key must start with one of {', '.join(SECTIONS)}/")
         if (self.panel or self.emergence is not None) and not self.curve and self.section == "outliers":
             raise ValueError(f"metric {self.key!r}: a panel or an emergence threshold needs curve=True")
         if self.per_domain and self.emergence is not None:
@@ -74,17 +86,41 @@ class Metric:
 
 
 _METRICS: dict[str, Metric] = {}
+_ORIGIN: dict[str, tuple[str, int]] = {}  # key -> (declaring module, its place in that module)
 # (function, the keys it must produce), in registration order
 _MEASURES: list[tuple[Callable[..., Mapping[str, float]], tuple[str, ...]]] = []
+_MODULE_ORDER: list[str] = []  # the declaring packages' modules, in loading order
+_LOADED: set[str] = set()
 
 
-def declare(*metrics: Metric) -> None:
-    """Register metrics; declaring one key twice with different fields is an error."""
+def load(sections: Iterable[str] = SECTIONS) -> None:
+    """Import every module of the packages that declare ``sections`` (once per package)."""
+    for package_name in dict.fromkeys(SECTIONS[s] for s in sections):
+        if package_name in _LOADED:
+            continue
+        _LOADED.add(package_name)
+        package = importlib.import_module(package_name)
+        names = [package_name] + sorted(info.name for info in pkgutil.walk_packages(package.__path__, package_name + "."))
+        _MODULE_ORDER.extend(name for name in names if name not in _MODULE_ORDER)
+        for name in names:
+            importlib.import_module(name)
+
+
+def declare(*metrics: Metric, source: str | None = None) -> None:
+    """Register metrics declared in module ``source`` (the caller's, when None); declaring one
+    key twice with different fields, or in a project module outside the section's package,
+    is an error."""
+    source = source or sys._getframe(1).f_globals["__name__"]
     for metric in metrics:
+        home = SECTIONS[metric.section]
+        if source.startswith(PROJECT) and not (source == home or source.startswith(home + ".")):
+            raise RuntimeError(f"metric {metric.key!r} is declared in {source}, outside {home}, where the "
+                               f"registry loads the {metric.section} declarations from: move it there")
         old = _METRICS.get(metric.key)
         if old is not None and old != metric:
             raise RuntimeError(f"metric {metric.key!r} is declared twice, differently: {old} and {metric}")
         _METRICS[metric.key] = metric
+        _ORIGIN.setdefault(metric.key, (source, len(_ORIGIN)))
 
 
 def measure(*metrics: Metric):
@@ -92,7 +128,7 @@ def measure(*metrics: Metric):
     in analyze.py); it must produce every declared key (a template: any number of domains,
     none when the data names no domains), and may log more (per-layer values)."""
     def decorator(fn):
-        declare(*metrics)
+        declare(*metrics, source=fn.__module__)
         _MEASURES.append((fn, tuple(m.key for m in metrics)))
         return fn
     return decorator
@@ -100,6 +136,7 @@ def measure(*metrics: Metric):
 
 def run_measures(probe) -> dict[str, float]:
     """Every registered measure on one probe, merged in registration order."""
+    load(["outliers"])
     out: dict[str, float] = {}
     for fn, keys in _MEASURES:
         values = fn(probe)
@@ -111,12 +148,20 @@ def run_measures(probe) -> dict[str, float]:
 
 
 def declared(section: str | None = None) -> list[Metric]:
-    """The declared metrics, by section (in SECTIONS order), then in declaration order."""
-    metrics = [m for m in _METRICS.values() if section is None or m.section == section]
-    return sorted(metrics, key=lambda m: SECTIONS.index(m.section))
+    """The declared metrics (all of them, or one section's), by section in SECTIONS order, then
+    by declaring module, then in declaration order."""
+    load(SECTIONS if section is None else [section])
+    sections, modules = list(SECTIONS), {name: i for i, name in enumerate(_MODULE_ORDER)}
+
+    def order(metric: Metric) -> tuple[int, int, int]:
+        module, place = _ORIGIN[metric.key]
+        return sections.index(metric.section), modules.get(module, len(modules)), place
+
+    return sorted((m for m in _METRICS.values() if section is None or m.section == section), key=order)
 
 
 def get(key: str) -> Metric:
+    load()
     try:
         return _METRICS[key]
     except KeyError:

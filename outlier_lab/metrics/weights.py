@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from outlier_lab.metrics.activations import f32, kurtosis_rows, median_rows
+from outlier_lab.metrics.activations import f32, mean_kurtosis, median_rows
 
 
 def column_ratios(W: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def weight_stats(W: torch.Tensor) -> dict[str, float]:
         "col_argmax": int(cols.argmax()),
         "row_ratio": rows.max().item(), "row_ratio_median": median_rows(rows[None]).item(),
         "row_argmax": int(rows.argmax()),
-        "kurtosis": kurtosis_rows(f32(W).reshape(1, -1)).item(),
+        "kurtosis": mean_kurtosis(f32(W).reshape(1, -1)),
         "max_abs": f32(W).abs().max().item(),
     }
 

@@ -9,14 +9,8 @@ import time
 
 import lightning as L
 
-from outlier_lab.metrics import Metric, declare
+from outlier_lab.metrics.convergence import val_loss_auc
 from outlier_lab.summary import log_metrics, update_summary
-
-declare(
-    Metric("convergence/final_val_loss", "final validation loss", column="final val loss"),
-    Metric("convergence/final_val_ppl", "final validation perplexity", column="final ppl"),
-    Metric("convergence/val_loss_auc", "area under the val-loss curve over the span", column="val-loss AUC"),
-)
 
 
 class ConvergenceMonitor(L.Callback):
@@ -72,19 +66,13 @@ class ConvergenceMonitor(L.Callback):
     def _write_final(self, trainer) -> None:
         if not self.curve:
             return
-        values = {"convergence/val_loss_auc": self.auc(), "convergence/final_val_loss": self.curve[-1][1],
+        values = {"convergence/val_loss_auc": val_loss_auc(self.curve), "convergence/final_val_loss": self.curve[-1][1],
                   "convergence/final_val_ppl": math.exp(self.curve[-1][1]),
                   "convergence/train_seconds": round(self._elapsed(), 2)}
         values.update({f"convergence/step_to_{t:g}": self.reached.get(f"convergence/step_to_{t:g}")
                        for t in self.targets})
         log_metrics(trainer, {k: v for k, v in values.items() if v is not None})
         update_summary(trainer, values)
-
-    def auc(self) -> float:
-        if len(self.curve) == 1:
-            return self.curve[0][1]
-        area = sum((s1 - s0) * (l0 + l1) / 2 for (s0, l0), (s1, l1) in zip(self.curve, self.curve[1:]))
-        return area / (self.curve[-1][0] - self.curve[0][0])
 
     def state_dict(self):
         return {"curve": self.curve, "reached": self.reached, "seconds": self._elapsed()}

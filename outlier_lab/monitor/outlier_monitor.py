@@ -15,7 +15,9 @@ import torch
 from outlier_lab.errors import ConfigError
 from outlier_lab.metrics import curve_keys, emergence_defaults
 from outlier_lab.metrics.tokens import vocabulary_classes
-from outlier_lab.monitor.probes import ProbeResult, data_domains, measure_model
+from outlier_lab.metrics.probe_result import ProbeResult
+from outlier_lab.metrics.thresholds import Thresholds
+from outlier_lab.probe.ours import data_domains, measure_model
 from outlier_lab.summary import log_metrics, update_summary
 
 
@@ -29,11 +31,7 @@ class OutlierMonitor(L.Callback):
         self,
         every_n_steps: int = 150,
         probe_sequences: int = 8,
-        massive_abs: float = 100.0,
-        massive_ratio: float = 1000.0,
-        token_ratio: float = 1000.0,
-        sink_eps: float = 0.3,
-        sink_tokens: int | None = 64,
+        thresholds: Thresholds | Mapping | None = None,
         emergence: Mapping[str, float] | None = None,
         plot_every_n_steps: int | None = None,
         plots: bool = True,
@@ -41,8 +39,7 @@ class OutlierMonitor(L.Callback):
         if every_n_steps <= 0 or probe_sequences <= 0:
             raise ConfigError("callbacks.outlier_monitor: every_n_steps and probe_sequences must be positive")
         self.every_n_steps, self.probe_sequences = every_n_steps, probe_sequences
-        self.thresholds = dict(massive_abs=massive_abs, massive_ratio=massive_ratio, token_ratio=token_ratio,
-                               sink_eps=sink_eps, sink_tokens=sink_tokens)
+        self.thresholds = Thresholds.of(thresholds)
         self.token_classes: torch.Tensor | None = None  # per vocabulary id, from the run's tokenizer
         self.domains: dict = {}  # the data module's query domains and optimum on the probe windows
         # the declared thresholds; the config adds or changes some (null drops one)
@@ -84,8 +81,12 @@ class OutlierMonitor(L.Callback):
             dm = trainer.datamodule
             self.token_classes = vocabulary_classes(dm.decode_token, dm.vocab_size)
             self.domains = data_domains(dm, tokens)
-        result, metrics = measure_model(pl_module.model, tokens, self.token_classes, **self.thresholds,
+        result, metrics = measure_model(pl_module.model, tokens, self.token_classes, thresholds=self.thresholds,
                                         **self.domains)
+        unknown = sorted(set(self.emergence) - set(metrics))
+        if unknown:  # else it would read as "never emerged" in summary.json
+            raise ConfigError(f"callbacks.outlier_monitor.emergence: {', '.join(unknown)} is not a value the probe "
+                              f"logs; valid: any logged key, e.g. {', '.join(curve_keys(metrics))}")
         log_metrics(trainer, metrics)
         self.history.append({"step": step, **{k: float(metrics[k]) for k in curve_keys(metrics)}})
         self.last = (result, tokens.cpu(), metrics)

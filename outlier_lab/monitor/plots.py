@@ -186,7 +186,7 @@ def save_figures(figures: dict[str, Figure], out_dir, loggers=(), step: int | No
 def probe_figures(result, metrics: dict[str, float], labels: list[str], step: int | None = None) -> dict[str, Figure]:
     """The figures of one probe: the per-layer |h| profile, |h| by channel and token of the layer
     with the largest top1/median, and the four heads with the highest first-token share.
-    ``result`` is an outlier_lab.monitor.probes.ProbeResult, ``metrics`` its measures, ``labels`` the
+    ``result`` is a metrics.ProbeResult, ``metrics`` its measures, ``labels`` the
     decoded tokens of its first sequence."""
     where = "" if step is None else f", step {step}"
     layer = int(metrics["outliers/act/top_channel_layer"])

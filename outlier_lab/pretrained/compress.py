@@ -17,7 +17,7 @@ from outlier_lab.errors import ConfigError
 from outlier_lab.compression.evaluation import evaluate_protocols
 from outlier_lab.compression.passes import working_copy
 from outlier_lab.compression.protocols import OUR_GPT_ONLY, PROTOCOLS, check_protocols
-from outlier_lab.pretrained.families import OURS, Family, projection_weight
+from outlier_lab.probe.families import OURS, Family, projection_weight
 
 
 def conv1d_as_linear(module: nn.Module) -> nn.Linear:
@@ -48,7 +48,7 @@ def logits_model(model: nn.Module, family: Family) -> nn.Module:
     return copy
 
 
-def compression_results(model: nn.Module, family: Family, idx: torch.Tensor, names, keep_head_fp: bool = True):
+def score_on_windows(model: nn.Module, family: Family, idx: torch.Tensor, names, keep_head_fp: bool = True):
     """``evaluation.evaluate_protocols`` on the windows ``idx`` (B, T): each window one
     sequence, its next tokens the targets; static activation ranges are calibrated on the
     same windows (a pretrained model's training data is not at hand)."""

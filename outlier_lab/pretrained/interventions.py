@@ -2,7 +2,7 @@
 ``with`` block; ``evaluate`` gives the edited model's perplexity on the probe windows and its
 next-token KL from the unmodified model. Each is declared once (``@intervention``), planned
 from one probe of the model (ProbeResult and metrics), and works alike on a transformers
-model prepared with ``outlier_lab.pretrained.probe.prepare`` and on our GPT (``families.OURS``).
+model prepared with ``outlier_lab.probe.hf.prepare`` and on our GPT (``families.OURS``).
 
 - ``massive_zero`` / ``massive_mean`` (Sun et al. 2024, "Massive Activations in Large
   Language Models"; locuslab/massive-activations, lib/hook.py): a forward hook on one decoder
@@ -40,16 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from outlier_lab.errors import ConfigError
-from outlier_lab.metrics import Probe
+from outlier_lab.metrics.probe_result import ProbeResult
+from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.metrics.activations import f32, massive_mask
 from outlier_lab.metrics.attention import sink_scores
 from outlier_lab.metrics.weights import channel_alignment, column_ratios
-from outlier_lab.pretrained.attention import drop_first_key
-from outlier_lab.pretrained.families import OURS, Family, projection_weight
+from outlier_lab.probe.hf_attention import drop_first_key
+from outlier_lab.probe.families import OURS, Family, projection_weight
 from outlier_lab.pretrained.load import logits_of
 
-DEFAULTS = {name: Probe.__dataclass_fields__[name].default  # the probe's own thresholds
-            for name in ("massive_abs", "massive_ratio", "sink_eps", "sink_tokens")}
 INTERVENTIONS: dict[str, Callable[[Plan], Edit]] = {}
 
 
@@ -66,12 +65,9 @@ class Plan:
     """What an intervention is planned from: the model and one probe of it."""
     model: nn.Module
     family: Family
-    result: object  # outlier_lab.monitor.probes.ProbeResult
+    result: ProbeResult
     metrics: dict[str, float]
-    thresholds: dict = field(default_factory=dict)
-
-    def threshold(self, name: str):  # sink_tokens None: every query, as in metrics.Probe
-        return self.thresholds.get(name, DEFAULTS[name])
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the probe's (sink_tokens None: every query)
 
 
 class Edit:
@@ -121,7 +117,7 @@ def role_means(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _massive(plan: Plan, mode: str) -> Edit:
     found = [l for l in range(len(plan.result.residual)) if plan.metrics.get(f"outliers/act/massive/layer_{l}")]
     layer = found[0] if found else int(plan.metrics["outliers/act/top_channel_layer"])  # where they appear
-    bounds = plan.threshold("massive_abs"), plan.threshold("massive_ratio")
+    bounds = plan.thresholds.massive_abs, plan.thresholds.massive_ratio
     block = plan.family.blocks(plan.model)[layer]
     reference = plan.result.residual[layer]
     means = role_means(reference, massive_mask(reference, *bounds)) if mode == "mean" else None
@@ -180,7 +176,7 @@ def massive_mean(plan: Plan) -> Edit:
 
 @intervention("sink_drop")
 def sink_drop(plan: Plan) -> Edit:
-    eps, tokens = plan.threshold("sink_eps"), plan.threshold("sink_tokens")
+    eps, tokens = plan.thresholds.sink_eps, plan.thresholds.sink_tokens
     heads = {}
     for layer, extras in enumerate(plan.result.attention):
         score = sink_scores(extras["probs"], tokens).nanmean(0)  # (H,)
@@ -201,7 +197,7 @@ def sink_drop(plan: Plan) -> Edit:
                 undo.append(hook.remove)
             else:
                 raise ConfigError(f"the attention of layer {layer} has no probe tap: run "
-                                  "outlier_lab.pretrained.probe.prepare(model, family) first")
+                                  "outlier_lab.probe.hf.prepare(model, family) first")
 
     def summary():
         if not heads:
@@ -279,11 +275,11 @@ def evaluate(model: nn.Module, logits_fn, idx: torch.Tensor, edits: list[Edit] =
 
 
 def run_interventions(model: nn.Module, family: Family, idx: torch.Tensor, names, result, metrics: dict,
-                      thresholds: dict | None = None, logits_fn=None) -> list[dict]:
+                      thresholds: Thresholds | None = None, logits_fn=None) -> list[dict]:
     """The named interventions, planned on one probe of ``model`` (``result``, ``metrics``;
     a transformers model prepared with ``probe.prepare``) and evaluated on windows ``idx``:
     rows {name, edited (one line), details, ppl, kl}, the unmodified model's first."""
-    edits = plan_edits(names, Plan(model, family, result, metrics, dict(thresholds or {})))
+    edits = plan_edits(names, Plan(model, family, result, metrics, Thresholds.of(thresholds)))
     scores = evaluate(model, logits_fn or default_logits(family), idx, edits)
     rows = [{"name": "baseline", "edited": "nothing", "details": {}, **scores[0]}]
     for edit, score in zip(edits, scores[1:]):

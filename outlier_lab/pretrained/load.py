@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from outlier_lab.errors import ConfigError
-from outlier_lab.pretrained.families import family_of
+from outlier_lab.probe.families import family_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_WINDOW = 256  # tokens per window when none is given: a hub model's context is 2-32k

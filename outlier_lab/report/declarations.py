@@ -2,8 +2,9 @@
 rather than from lists of its own: the table's columns and the panels of
 ``outliers_vs_step.png``. A new declared metric shows up in the report without an edit here.
 
-Importing this module imports the modules that declare the metrics, which fills the
-registry; the report then reads it only through the functions below.
+The registry loads the declaring packages itself (outlier_lab.metrics and
+outlier_lab.compression; no training code), so the report reads it only through the
+functions below.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-import outlier_lab.monitor  # noqa: F401  (declares the convergence metrics)
-import outlier_lab.compression  # noqa: F401  (declares the compression protocols' ppl ratios)
-import outlier_lab.metrics  # noqa: F401  (declares the probe measures)
 from outlier_lab.metrics.registry import Metric, declared, expand, get
 
 TOKENS_TO = re.compile(r"^convergence/tokens_to_(.+)$")

@@ -3,6 +3,8 @@ output projection. A variant states only its own mathematics in ``attend``."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -84,6 +86,16 @@ class CausalSelfAttention(nn.Module):
         self.probe = False
         self.probe_out: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def options(cls) -> dict[str, object]:
+        """The variant's own constructor options and their defaults, as its ``__init__`` declares
+        them (the parameters after n_embd and n_head; the shared ones are keyword-only): the
+        one place they are written. configs/attention/NAME.yaml gets them through the
+        ``attention_options`` config group, and the tests hand them to ``reference``."""
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, n_embd, n_head
+        return {p.name: p.default for p in parameters
+                if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty}
+
     def init_extra_parameters(self) -> None:
         """Initialise variant-specific parameters; called after the GPT's generic init."""
 
@@ -91,7 +103,8 @@ class CausalSelfAttention(nn.Module):
         """The variant's formula in plain torch on this module's parameters, written from its
         source (``models.attention.reference`` has the shared pieces): ``{"out": the module's
         output, "probs": ..., and every other probe extra}``. ``options`` are the constructor
-        options the module was built with. The tests compare every backend, kernel and probe
+        options the module was built with, all of them (``options()`` has the defaults): a
+        reference declares its options without defaults, so it cannot disagree with them. The tests compare every backend, kernel and probe
         with it, so it never calls ``attend`` or ``kernels``."""
         raise NotImplementedError(
             f"attention variant {self.variant_name!r} declares no reference: write its formula as "

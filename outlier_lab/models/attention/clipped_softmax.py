@@ -54,7 +54,7 @@ class ClippedSoftmaxAttention(CausalSelfAttention):
     def fused_params(self, t):
         return {"zeta": self.zeta, "gamma": self.gamma}
 
-    def reference(self, x, rope, alpha=12.0, zeta=1.0, gamma=None, **options):
+    def reference(self, x, rope, alpha, zeta, gamma, **options):
         q, k, v = ref.qkv(self, x, rope)
         gamma = -alpha / self.block_size if gamma is None else gamma
         s = ref.logits(q, k)

@@ -73,7 +73,7 @@ class GatedAttention(CausalSelfAttention):
     def block_input_readers(self):
         return [self.c_attn, self.gate]
 
-    def reference(self, x, rope, gate_input="head", **options):
+    def reference(self, x, rope, gate_input, **options):
         q, k, v = ref.qkv(self, x, rope)
         p = ref.causal_softmax(ref.logits(q, k))
         if gate_input == "head":

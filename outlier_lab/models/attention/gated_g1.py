@@ -34,7 +34,7 @@ class GatedG1Attention(CausalSelfAttention):
     def block_input_readers(self):
         return [self.c_attn, self.gate_proj]
 
-    def reference(self, x, rope, granularity="elementwise", **options):
+    def reference(self, x, rope, granularity, **options):
         q, k, v = ref.qkv(self, x, rope)
         p = ref.causal_softmax(ref.logits(q, k))
         g = torch.sigmoid(x @ self.gate_proj.weight.T)

@@ -45,7 +45,7 @@ class SigmoidAttention(CausalSelfAttention):
     def fused_params(self, t):
         return {"bias": self.logit_bias(t)}
 
-    def reference(self, x, rope, bias_length="sequence", logit_bias=None, **options):
+    def reference(self, x, rope, bias_length, logit_bias, **options):
         q, k, v = ref.qkv(self, x, rope)
         n = x.size(1) if bias_length == "sequence" else self.block_size
         b = logit_bias if logit_bias is not None else -math.log(n)

@@ -51,7 +51,7 @@ class SoftpickAttention(CausalSelfAttention):
     def fused_params(self, t):
         return {"eps": self.eps}
 
-    def reference(self, x, rope, eps=1e-6, **options):
+    def reference(self, x, rope, eps, **options):
         q, k, v = ref.qkv(self, x, rope)
         s = ref.logits(q, k)
         e = (torch.exp(s) - 1) * ref.visible(s.size(-1), s.dtype)

@@ -100,4 +100,4 @@ def family_of(model_type: str) -> Family:
         if model_type in family.model_types:
             return family
     raise ConfigError(f"unsupported model family {model_type!r}; supported: {', '.join(supported_model_types())} "
-                      "(add a Family in outlier_lab/pretrained/families.py)")
+                      "(add a Family in outlier_lab/probe/families.py)")

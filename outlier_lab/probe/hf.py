@@ -1,5 +1,5 @@
 """The outlier probe of a Hugging Face causal LM: the same ``ProbeResult`` as our GPT's probe
-(outlier_lab.monitor.probes), so every ``@measure`` and figure runs on it unchanged.
+(``ours``), so every ``@measure`` and figure runs on it unchanged.
 
 The model runs one sequence at a time (a 1B model's eager attention over a batch would
 hold every layer's (B, H, T, T) weights at once) and the captures are concatenated."""
@@ -12,9 +12,10 @@ from torch import nn
 from outlier_lab.errors import ConfigError
 from outlier_lab.metrics import Probe, run_measures
 from outlier_lab.metrics.tokens import position_classes
-from outlier_lab.monitor.probes import ProbeResult, probe_points
-from outlier_lab.pretrained.attention import HeadTap, use_probe_attention
-from outlier_lab.pretrained.families import Family
+from outlier_lab.metrics.probe_result import ProbeResult
+from outlier_lab.probe.capture import probe_session
+from outlier_lab.probe.hf_attention import HeadTap, use_probe_attention
+from outlier_lab.probe.families import Family
 
 
 def prepare(model: nn.Module, family: Family) -> list[HeadTap]:
@@ -34,16 +35,16 @@ def probe_hf(model: nn.Module, family: Family, idx: torch.Tensor) -> ProbeResult
     sequence at a time, and return what the probe points held (family.watched, the down
     projections' inputs, every attention layer's weights, max logit and values)."""
     taps = [attention.outlier_tap for attention in family.attentions(model)]
-    was_training = model.training
-    try:
-        with probe_points(model, family) as collect:
-            for tap in taps:
-                tap.record, tap.calls = True, []
-            model.eval()
-            device = next(model.parameters()).device
-            for row in idx:
-                model(input_ids=row[None].to(device), use_cache=False)
-            result = collect()
+
+    def record(on: bool) -> None:
+        for tap in taps:
+            tap.record, tap.calls = on, []
+
+    with probe_session(model, family, record) as collect:
+        device = next(model.parameters()).device
+        for row in idx:
+            model(input_ids=row[None].to(device), use_cache=False)
+        result = collect()
         silent = [layer for layer, tap in enumerate(taps) if not tap.calls]
         if silent:
             raise ConfigError(f"{type(model).__name__} did not compute attention through transformers' attention "
@@ -53,17 +54,13 @@ def probe_hf(model: nn.Module, family: Family, idx: torch.Tensor) -> ProbeResult
             extras = {name: torch.cat([call[name] for call in tap.calls]) for name in tap.calls[0]}
             extras["null_mass"] = extras["probs"].new_zeros(extras["probs"].shape[:-1])  # softmax: rows sum to 1
             result.attention.append(extras)
-    finally:
-        for tap in taps:
-            tap.record, tap.calls = False, []
-        model.train(was_training)
     return result
 
 
 def measure_hf(model: nn.Module, family: Family, idx: torch.Tensor, token_classes: torch.Tensor | None = None,
-               **thresholds) -> tuple[ProbeResult, dict[str, float]]:
-    """``probe_hf`` and every declared measure of it: outlier_lab.monitor.probes.measure_model for
-    a Hugging Face model."""
+               **probe_fields) -> tuple[ProbeResult, dict[str, float]]:
+    """``probe_hf`` and every declared measure of it: ``ours.measure_model`` for a Hugging Face
+    model; probe_fields: ``thresholds`` (a metrics.Thresholds) and the data's domains."""
     result = probe_hf(model, family, idx)
     positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
-    return result, run_measures(Probe(result, model, positions, **thresholds))
+    return result, run_measures(Probe(result, model, positions, **probe_fields))
