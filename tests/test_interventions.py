@@ -13,7 +13,8 @@ from outlier_lab.models.gpt import GPT
 from outlier_lab.probe.ours import measure_model
 from outlier_lab.probe import families
 from outlier_lab.pretrained.convert import gpt_to_hf_gpt2
-from outlier_lab.pretrained.interventions import INTERVENTIONS, Plan, evaluate, plan_edits, run_interventions
+from outlier_lab.pretrained.interventions import (INTERVENTIONS, Plan, default_logits, evaluate, plan_edits,
+                                                  run_interventions)
 from outlier_lab.probe.hf import measure_hf, prepare
 
 transformers = pytest.importorskip("transformers")
@@ -103,9 +104,14 @@ def test_our_gpt_interventions_find_what_was_planted(pair):
     assert rows["massive_mean"]["ppl"] == pytest.approx(rows["baseline"]["ppl"], rel=1e-3)
     assert rows["sink_drop"]["details"] == {"heads": {"0": [HEAD]}}
     assert rows["sink_drop"]["kl"] > 1e-4
-    columns = rows["super_weight"]["details"]["columns"]
+    columns = rows["super_column"]["details"]["columns"]
     assert {"layer": 0, "column": UNIT, "row": CHANNEL} == {k: columns[0][k] for k in ("layer", "column", "row")}
-    assert rows["super_weight"]["kl"] > 0.05
+    assert rows["super_column"]["kl"] > 0.05
+    # the column UNIT holds one weight, 5, at CHANNEL: the super weight, whose input spikes ~200 at UNIT
+    [weight] = rows["super_weight"]["details"]["weights"]
+    assert (weight["layer"], weight["row"], weight["column"]) == (0, CHANNEL, UNIT)
+    assert weight["value"] == 5.0 and weight["output"] == pytest.approx(5 * weight["input"], rel=1e-3)
+    assert rows["super_weight"]["kl"] == pytest.approx(rows["super_column"]["kl"], rel=1e-5)
     # every hook and flag is gone: the model computes what it computed before
     assert not any(block.attn.expose_probs for block in ours.transformer.h)
     assert all(not m._forward_hooks for m in ours.modules())
@@ -120,6 +126,9 @@ def test_our_gpt_and_its_gpt2_conversion_give_the_same_interventions(pair):
     for x, y in zip(a, b):
         assert x["ppl"] == pytest.approx(y["ppl"], rel=1e-4), x["name"]
         assert x["kl"] == pytest.approx(y["kl"], rel=1e-3, abs=1e-7), x["name"]
+        for u, v in zip(x["details"].get("weights", []), y["details"].get("weights", [])):
+            for key in ("value", "input", "output"):
+                assert u.pop(key) == pytest.approx(v.pop(key), rel=1e-4), key
         for d in (x["details"], y["details"]):  # floats, compared through ppl and KL
             d.pop("means", None)
             for column in d.get("columns", []):
@@ -128,12 +137,12 @@ def test_our_gpt_and_its_gpt2_conversion_give_the_same_interventions(pair):
     assert all(not tap.drop_first for tap in (attn.outlier_tap for attn in families.family_of("gpt2").attentions(hf)))
 
 
-def test_super_weight_zeroes_the_real_conv1d_weight_and_restores_it(pair):
+def test_super_column_zeroes_the_real_conv1d_weight_and_restores_it(pair):
     _, (hf, result, metrics), _ = pair
     family = families.family_of("gpt2")
     weight = hf.transformer.h[0].mlp.c_proj.weight  # Conv1D: (in, out), the column is a row here
     before = weight.detach().clone()
-    [edit] = plan_edits(["super_weight"], Plan(hf, family, result, metrics, THRESHOLDS))
+    [edit] = plan_edits(["super_column"], Plan(hf, family, result, metrics, THRESHOLDS))
     with edit:
         assert torch.all(weight[UNIT] == 0) and torch.equal(weight[UNIT + 1], before[UNIT + 1])
     assert torch.equal(weight, before)
@@ -189,17 +198,93 @@ def test_nothing_qualifies_in_an_unplanted_model():
     model, family, idx = transformers.GPT2LMHeadModel(config).eval(), families.family_of("gpt2"), windows()
     prepare(model, family)
     result, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
-    rows = rows_by_name(run_interventions(model, family, idx, ["massive_zero", "massive_mean", "sink_drop"], result,
-                                          metrics, THRESHOLDS))
-    for name in ("massive_zero", "massive_mean", "sink_drop"):
+    names = ["massive_zero", "massive_mean", "sink_drop", "super_weight"]
+    rows = rows_by_name(run_interventions(model, family, idx, names, result, metrics, THRESHOLDS))
+    for name in names:
         assert rows[name]["edited"].startswith("nothing: no "), rows[name]["edited"]
         assert rows[name]["kl"] == 0 and rows[name]["ppl"] == rows["baseline"]["ppl"]
+    assert rows["super_weight"]["details"] == {"weights": []}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    [edit] = plan_edits(["super_weight"], Plan(model, family, result, metrics, THRESHOLDS))
+    with edit:
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# the super weight: in layer 1, input channel UNIT ~ +200 at the one X of ``one_spike()`` and
+# W[ROW, UNIT] = 5 (the rest of the column random), so the output spikes ~ +1000 at ROW; a larger
+# weight, DECOY at (DECOY_ROW, DECOY_COL), whose input stays small, is the top weight and column
+ROW, DECOY, DECOY_ROW, DECOY_COL, SPIKE_AT = 11, 20.0, 30, 77, [2, 13]
+
+
+def one_spike() -> torch.Tensor:
+    """``windows()`` with X only once: window 2, token 13."""
+    idx = windows()
+    idx[idx == X] = 50
+    idx[2, 13] = X
+    return idx
+
+
+@torch.no_grad()
+def planted_super_weight() -> GPT:
+    """Our GPT with X's marker channel read, in layer 1 only, by FFN unit UNIT (~200 at X, 0
+    elsewhere), whose down-projection column is random but for W[ROW, UNIT] = 5; and a decoy
+    weight DECOY at (DECOY_ROW, DECOY_COL), the largest |W| and the top column, never spiking."""
+    torch.manual_seed(0)
+    model = GPT(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=64).eval()
+    t = model.transformer
+    t.wte.weight[:, MARKER] = 0.0
+    t.wte.weight[X, MARKER] = 1.0
+    t.wpe.weight[:, MARKER] = 0.0
+    for block in t.h:  # nothing else writes the marker
+        block.attn.c_proj.weight[MARKER] = 0.0
+        block.mlp.c_proj.weight[MARKER] = 0.0
+    mlp = t.h[1].mlp
+    mlp.c_fc.weight[UNIT] = 0.0
+    mlp.c_fc.weight[UNIT, MARKER] = 30.0
+    mlp.c_fc.bias[UNIT] = -40.0
+    mlp.c_proj.weight[ROW, UNIT] = 5.0
+    mlp.c_proj.weight[DECOY_ROW, DECOY_COL] = DECOY
+    return model
+
+
+def changed_entries(model, before) -> list[tuple]:
+    """(parameter name, index) of every entry that differs from ``before``."""
+    return [(name, tuple(i.tolist())) for name, p in model.named_parameters()
+            for i in (p.detach() != before[name]).nonzero()]
+
+
+def test_super_weight_zeroes_the_one_scalar_and_restores_it():
+    ours, idx = planted_super_weight(), one_spike()
+    hf, family = gpt_to_hf_gpt2(ours), families.family_of("gpt2")
+    prepare(hf, family)
+    name = "transformer.h.1.mlp.c_proj.weight"
+    for model, fam, index in ((ours, families.OURS, (ROW, UNIT)), (hf, family, (UNIT, ROW))):  # Conv1D: (in, out)
+        result, metrics = (measure_model(ours, idx, thresholds=THRESHOLDS) if model is ours
+                           else measure_hf(hf, family, idx, thresholds=THRESHOLDS))
+        W = fam.down_weights(model)[1]  # (out, in)
+        assert W.abs().argmax() == DECOY_ROW * W.shape[1] + DECOY_COL  # the weight alone points elsewhere
+        [edit, column] = plan_edits(["super_weight", "super_column"], Plan(model, fam, result, metrics, THRESHOLDS))
+        [found] = edit.summary()[1]["weights"]
+        assert (found["layer"], found["row"], found["column"], found["value"]) == (1, ROW, UNIT, 5.0), found
+        assert found["input_at"] == found["output_at"] == SPIKE_AT
+        assert 100 < found["input"] < 300 and found["output"] == pytest.approx(5 * found["input"], rel=0.05)
+        assert "layer 1 W[11, 3] = 5 " in edit.summary()[0]
+        assert all(c["layer"] != 1 for c in column.summary()[1]["columns"])  # the column method misses it
+        before = {k: p.detach().clone() for k, p in model.named_parameters()}
+        with edit:
+            assert changed_entries(model, before) == [(name, index)]
+            assert dict(model.named_parameters())[name][index] == 0
+        assert changed_entries(model, before) == []
+        with pytest.raises(RuntimeError), edit:  # restored after an error too
+            raise RuntimeError
+        assert changed_entries(model, before) == []
+        assert evaluate(model, default_logits(fam), idx, [edit])[1]["kl"] > 1e-5  # the forward sees the edit
 
 
 def test_an_unknown_intervention_names_the_valid_ones(pair):
     (ours, result, metrics), _, idx = pair
     with pytest.raises(ConfigError, match="unknown intervention 'massive'; choose from massive_zero, massive_mean, "
-                                          "sink_drop, super_weight"):
+                                          "sink_drop, super_weight, super_column"):
         run_interventions(ours, families.OURS, idx, ["massive_zero", "massive"], result, metrics, THRESHOLDS)
     # one name on its own (intervene=sink_drop on the command line) is that one intervention, not its letters
     rows = run_interventions(ours, families.OURS, idx, "sink_drop", result, metrics, THRESHOLDS)

@@ -23,10 +23,16 @@ model prepared with ``outlier_lab.probe.hf.prepare`` and on our GPT (``families.
   (``attention.drop_first_key``): a transformers model through its HeadTap, our GPT through a
   hook on ``attn.attn_probs`` (``expose_probs``), which in the slot family holds the keys and
   the slot together, so the slot takes its share of the removed weight.
-- ``super_weight``: in every FFN down projection whose top input channel is its top weight
-  column (``weights.channel_alignment``), that column is zeroed: the seed paper's weight
-  outlier, the column of Yu et al. 2024's "super weight" (arXiv 2411.07191; they zero its one
-  largest entry, reported as ``row``).
+- ``super_weight`` (Yu et al. 2024, "The Super Weight in Large Language Models"; arXiv
+  2411.07191, mengxiayu/LLMSuperWeight): in each layer whose FFN down projection has both an
+  input and an output spike (largest |value| > 50 in the probe), the one scalar W[row,
+  column] is zeroed, row the output spike's channel and column the input spike's.
+- ``super_column``: in every FFN down projection whose top input channel is its top weight
+  column (``weights.channel_alignment``), that whole column is zeroed: the seed paper's
+  weight outlier.
+
+The two weight edits live in ``weight_interventions`` (imported at the end of this module,
+which registers them after ``sink_drop``).
 """
 
 from __future__ import annotations
@@ -44,9 +50,8 @@ from outlier_lab.metrics.probe_result import ProbeResult
 from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.metrics.activations import f32, massive_mask
 from outlier_lab.metrics.attention import sink_scores
-from outlier_lab.metrics.weights import channel_alignment, column_ratios
 from outlier_lab.probe.hf_attention import drop_first_key
-from outlier_lab.probe.families import OURS, Family, projection_weight
+from outlier_lab.probe.families import OURS, Family
 from outlier_lab.pretrained.load import logits_of
 
 INTERVENTIONS: dict[str, Callable[[Plan], Edit]] = {}
@@ -209,36 +214,6 @@ def sink_drop(plan: Plan) -> Edit:
     return Edit("sink_drop", apply, summary)
 
 
-# -- weight outliers (seed paper; Yu et al.'s super weight) ------------------------------------
-
-@intervention("super_weight")
-def super_weight(plan: Plan) -> Edit:
-    downs = plan.family.down_projections(plan.model)
-    columns = []  # (layer, column, row of its largest |W|, column ratio)
-    for layer, (down, x) in enumerate(zip(downs, plan.result.down_input)):
-        W = projection_weight(down)
-        align = channel_alignment(x, W)
-        if align["aligned"]:
-            col = align["weight_column"]
-            columns.append((layer, col, int(W[:, col].abs().argmax()), column_ratios(W)[col].item()))
-
-    @torch.no_grad()
-    def apply(undo):
-        for layer, col, _, _ in columns:
-            W = projection_weight(downs[layer])  # a view: GPT-2's Conv1D is edited through its transpose
-            undo.append(lambda W=W, col=col, old=W[:, col].clone(): W.data[:, col].copy_(old))
-            W[:, col] = 0
-
-    def summary():
-        details = {"columns": [{"layer": l, "column": c, "row": r, "ratio": round(q, 3)} for l, c, r, q in columns]}
-        if not columns:
-            return "nothing: no down projection's top input channel is its top weight column", details
-        return "zeroed down-projection columns " + ", ".join(
-            f"layer {l} column {c} (ratio {q:.3g}, largest at row {r})" for l, c, r, q in columns), details
-
-    return Edit("super_weight", apply, summary)
-
-
 # -- evaluation -------------------------------------------------------------------------------
 
 def default_logits(family: Family) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
@@ -286,3 +261,6 @@ def run_interventions(model: nn.Module, family: Family, idx: torch.Tensor, names
         text, details = edit.summary()
         rows.append({"name": edit.name, "edited": text, "details": details, **score})
     return rows
+
+
+from outlier_lab.pretrained import weight_interventions  # noqa: E402,F401  registers super_weight, super_column
