@@ -5,7 +5,7 @@ OutlierMonitor's probes, and the interventions that show what the outliers do.
     python analyze.py ckpt=PATH text=FILE                                          # windows of a text file
     python analyze.py ckpt=ckpt.pt nanogpt.attention=ca_bias text=FILE             # a nanoGPT / seed-paper checkpoint
     python analyze.py model=hf:PATH_OR_NAME text=FILE [dtype=bfloat16]             # a transformers causal LM
-    python analyze.py ... intervene=[massive_zero,massive_mean,sink_drop,super_weight]
+    python analyze.py ... intervene=[massive_zero,massive_mean,sink_drop,super_weight,super_column]
 
 It prints the headline metrics, writes ``analysis.json`` (flat keys, the names the monitor
 logs, e.g. ``outliers/attn/sink_rate``), the probe figures (``plots/``) and, with
@@ -33,7 +33,7 @@ from rich.table import Table
 from outlier_lab.data.interface import check_data_module
 from outlier_lab.data.tokenizers import TOKENIZERS, build_tokenizer
 from outlier_lab.errors import ConfigError, exit_on_config_error
-from outlier_lab.models.checkpoint import load_model
+from outlier_lab.models.checkpoint import checkpoint_data, load_model
 from outlier_lab.monitor import plots
 from outlier_lab.metrics import declared, expand
 from outlier_lab.metrics.thresholds import Thresholds, register_config
@@ -63,6 +63,8 @@ def checkpoint_subject(cfg: DictConfig) -> Subject:
     """A train.py or nanoGPT checkpoint, on its own probe windows or the windows of a text."""
     model, data_config = load_model(cfg.ckpt, cfg.get("nanogpt"))
     model.eval()
+    if cfg.get("data") is not None:  # data=NAME, or +data.KEY=VALUE over the checkpoint's own
+        data_config = checkpoint_data(cfg.data, data_config, model.block_size, cfg.ckpt)
     idx, decode, vocab_size, domains = probe_windows(cfg, model.block_size, data_config)
     if vocab_size > model.config["vocab_size"]:
         raise ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids, the model only "
@@ -107,7 +109,7 @@ def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
     the windows: its query domains and optimum, see ``probes.data_domains``) of what to analyse."""
     if cfg.text is None:
         if data_config is None:
-            raise ConfigError(f"{cfg.ckpt} carries no data config (a nanoGPT checkpoint): give text=FILE")
+            raise ConfigError(f"{cfg.ckpt} carries no data config (a nanoGPT checkpoint): give text=FILE or data=NAME")
         datamodule = hydra.utils.instantiate({**data_config, "block_size": block_size})
         check_data_module(datamodule)
         datamodule.prepare_data()

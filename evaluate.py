@@ -18,32 +18,17 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 
 from outlier_lab.data.interface import check_data_module
 from outlier_lab.errors import ConfigError, exit_on_config_error
-from outlier_lab.models.checkpoint import data_config, load_model
+from outlier_lab.models.checkpoint import checkpoint_data, load_model
 from outlier_lab.compression import check_protocols, score_on_datamodule, print_results
 from outlier_lab.summary import merge_summary
 
 console = Console()
-
-
-def checkpoint_data(cfg: DictConfig, saved: dict | None, block_size: int) -> dict:
-    """The checkpoint's data config, or the one chosen with data=NAME / changed with
-    +data.KEY=VALUE, with the model's block size; a ConfigError when there is none."""
-    given = None
-    if cfg.get("data") is not None:
-        with open_dict(cfg):
-            cfg.data.block_size = block_size
-        given = OmegaConf.to_container(cfg.data, resolve=True)
-    chosen = data_config(saved, given)
-    if chosen is None:
-        raise ConfigError(f"{cfg.ckpt} carries no data config (a nanoGPT checkpoint): choose one with data=NAME, "
-                          "e.g. data=openwebtext or data=stdlib")
-    return {**chosen, "block_size": block_size}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -51,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed)
     model, saved = load_model(cfg.ckpt, cfg.get("nanogpt"))
     model.eval()
-    datamodule = hydra.utils.instantiate(checkpoint_data(cfg, saved, model.block_size))
+    datamodule = hydra.utils.instantiate(checkpoint_data(cfg.get("data"), saved, model.block_size, cfg.ckpt))
     check_data_module(datamodule)
     if datamodule.vocab_size > model.config["vocab_size"]:
         raise ConfigError(f"data.tokenizer={datamodule.tokenizer.name} has {datamodule.vocab_size} tokens; "

@@ -71,12 +71,31 @@ def test_analyze_a_nanogpt_checkpoint_on_a_text(tmp_path):
     assert sum(shares) == pytest.approx(1.0)  # every position got a class from the byte tokenizer
 
 
+def test_data_names_the_windows_of_a_checkpoint_without_a_data_config(tmp_path):
+    """data=NAME gives a checkpoint that carries no data config (or the wrong one) a task's own
+    probe windows, with the task's query domains, as evaluate.py's data=NAME does."""
+    model, path = nanogpt_checkpoint(tmp_path)
+    values = analyze.analyze(compose_analyze(tmp_path / "out", f"ckpt={path}", "nanogpt.attention=ca_bias",
+                                             "data=bigram_backcopy", "data.source_bytes=200000", "windows=4"))
+    from outlier_lab.data.bigram_backcopy import BigramBackcopyDataModule
+    from outlier_lab.probe.ours import data_domains, measure_model
+
+    task = BigramBackcopyDataModule(vocab=64, triggers=3, source=None, source_bytes=200000, block_size=16,
+                                    batch_size=32, val_batches=8, seed=0, bos=True)
+    task.setup("validate")
+    ids = task.probe_batch(4)
+    _, want = measure_model(model.eval(), ids, **data_domains(task, ids))
+    for key in ("outliers/domain/dormant/first_token_share", "outliers/domain/active/sink_rate",
+                "outliers/domain/dormant/excess_loss", "outliers/act/avg_kurtosis"):
+        assert values[key] == pytest.approx(want[key], rel=1e-6), key
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "checkpoint not found"),
     ("foreign", "corrupt or not a safe checkpoint"),
     ("short", "fewer than one window"),
     ("vocab", "vocabulary mismatch"),
-    ("notext", "give text=FILE"),
+    ("notext", "give text=FILE or data=NAME"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, case, message):
     _, path = nanogpt_checkpoint(tmp_path, vocab_size=64 if case == "vocab" else 256)

@@ -98,3 +98,21 @@ def data_config(saved: Mapping | None, given: Mapping | None) -> dict | None:
     if saved is None:
         return None
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(saved)), given), resolve=True)
+
+
+def checkpoint_data(given, saved: Mapping | None, block_size: int, ckpt: str,
+                    alternative: str = "choose one with data=NAME, e.g. data=stdlib") -> dict:
+    """The data config to evaluate or analyse checkpoint ``ckpt`` with, at the model's block
+    size: the one chosen with data=NAME, or the checkpoint's own (``saved``) with
+    +data.KEY=VALUE merged over it (``given``: the composed ``data`` node, or None); a
+    ConfigError naming ``alternative`` when there is none (a nanoGPT checkpoint)."""
+    from omegaconf import OmegaConf, open_dict
+
+    if given is not None:
+        with open_dict(given):
+            given.block_size = block_size  # before resolving: a data config may interpolate it
+        given = OmegaConf.to_container(given, resolve=True)
+    chosen = data_config(saved, given)
+    if chosen is None:
+        raise ConfigError(f"{ckpt} carries no data config (a nanoGPT checkpoint): {alternative}")
+    return {**chosen, "block_size": block_size}
