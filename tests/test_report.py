@@ -1,6 +1,7 @@
 """The offline comparison report (outlier_lab/report/) on synthetic run directories: table,
 significance, bolding, broken runs, figures, the CLI, the columns and panels taken from the
-metric declarations, and Welch's p-values."""
+metric declarations, and the tests against the baseline (Welch, Fisher with Clopper-Pearson,
+log-rank with censoring, Mann-Whitney, the bootstrap, Holm's correction)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from outlier_lab import report
 from outlier_lab.metrics import registry
@@ -112,7 +115,7 @@ def make_sweep(root: Path) -> Path:
 
 def results_rows(markdown: str) -> dict[str, list[str]]:
     """{variant: cells} of the results table, and the header under the key "header"."""
-    lines = markdown.split("## Results", 1)[1].split("## Figures", 1)[0].splitlines()
+    lines = markdown.split("## Results", 1)[1].split("## Figures", 1)[0].split("### Comparisons", 1)[0].splitlines()
     table = [line for line in lines if line.startswith("|")]
     split = lambda line: [cell.strip() for cell in line.strip("|").split(" | ")]  # noqa: E731
     rows = {"header": split(table[0])}
@@ -159,16 +162,20 @@ def test_best_value_is_bold_in_the_right_row(rendered):
 
 def test_significance_marks_only_for_real_differences(rendered):
     rows = results_rows(rendered[3])
-    # 1.01 ± 0.014 vs 2.01 ± 0.014: t = 70.7, df = 2, p = 2e-4
-    assert cell(rows, "clipped_softmax", "final val loss").endswith("\\*\\*")
-    # identical sink rates: t = 0, p = 1
-    assert "\\*" not in cell(rows, "clipped_softmax", "sink rate")
+    table = rendered[1]
+    family = [c.comparison for c in table.cells.values() if c.comparison is not None and c.comparison.tested]
+    # 1.01 ± 0.014 vs 2.01 ± 0.014: t = 70.7, df = 2, p = 2e-4; Holm over the family: still < 0.01
+    loss = table.cells["clipped_softmax", "convergence/final_val_loss"].comparison
+    assert loss.p < 0.01 and loss.p_holm == pytest.approx(len(family) * loss.p) and loss.p_holm < 0.01
+    assert cell(rows, "clipped_softmax", "final val loss").endswith("\\*\\*ᵗ")
+    # sink rates 0.5 and 0.7 on both sides: one run above 0.5 of two on each side, Fisher's p = 1
+    assert cell(rows, "softmax", "sink rate > 0.5") == "1/2 [0.013, 0.99]"
+    assert cell(rows, "clipped_softmax", "sink rate > 0.5") == "1/2 [0.013, 0.99]"
+    sink = table.cells["clipped_softmax", "outliers/attn/sink_rate"]
+    assert sink.comparison.test == "fisher" and sink.p == pytest.approx(1.0)
     # the baseline is never marked against itself
     assert all("\\*" not in c for c in rows["softmax"][2:])
-    table = rendered[1]
-    sink = table.cells["clipped_softmax", "outliers/attn/sink_rate"]
-    assert sink.p == pytest.approx(1.0)
-    assert table.cells["clipped_softmax", "convergence/final_val_loss"].p < 0.01
+    assert "Holm's family: the " + str(len(family)) + " comparisons" in rendered[3]
 
 
 def test_crashed_run_is_listed_and_the_others_render(rendered):
@@ -321,8 +328,9 @@ def test_welch_by_hand():
     assert df == pytest.approx(2.0) and t == pytest.approx(-1 / math.sqrt(0.0002), rel=1e-9)
     assert p == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-6)
     assert report.significance_mark(p) == "**"
-    assert report.welch_t_test([1.0, 1.0], [1.0, 1.0])[2] == 1.0
-    assert report.welch_t_test([1.0, 1.0], [2.0, 2.0])[2] == 0.0
+    # no spread on either side: no p-value (it used to be 1 for equal and 0 for different means)
+    assert math.isnan(report.welch_t_test([1.0, 1.0], [1.0, 1.0])[2])
+    assert math.isnan(report.welch_t_test([1.0, 1.0], [2.0, 2.0])[2])
     with pytest.raises(ValueError):
         report.welch_t_test([1.0], [1.0, 2.0])
     assert report.significance_mark(0.03) == "*" and report.significance_mark(None) == ""
@@ -375,19 +383,45 @@ def make_golden_sweep(root: Path) -> Path:
 GOLDEN = r"""
 ## Results
 
-Mean ± std over the complete runs of each variant (std with ddof=1; a single run shows its value and "(n=1)"; "(k/n)": only k of the n complete runs have that value). Lower is better in every column; **bold** marks the best mean of each column. Crashed/unfinished runs are left out of the table (see the seeds column and the list below).
+Mean ± std over the complete runs of each variant (std with ddof=1; a single run shows its value and "(n=1)"; "(k/n)": only k of the n complete runs have that value); a column "X > θ" counts the runs whose value is above θ instead. Lower is better in every column; **bold** marks the best mean (or fraction) of each column. Crashed/unfinished runs are left out of the table (see the seeds column and the list below).
 
-| variant | seeds | final val loss | final ppl | tokens to val loss ≤ 1.4 | val-loss AUC | top1/median (max) | down-proj input top1/median | avg kurtosis | max inf-norm | sink rate | first-token share | W8A8 ppl ratio | W8 ppl ratio | clip_p99.9 ppl ratio | w4_per_channel ppl ratio | a_custom ppl ratio |
+| variant | seeds | final val loss | final ppl | tokens to val loss ≤ 1.4 | val-loss AUC | top1/median (max) | down-proj input top1/median | avg kurtosis | max inf-norm | sink rate > 0.5 | first-token share | W8A8 ppl ratio | W8 ppl ratio | clip_p99.9 ppl ratio | w4_per_channel ppl ratio | a_custom ppl ratio |
 |:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| softmax (baseline) | 2 (+1 broken) | **1.05 ± 0.071** | **2.861 ± 0.2** | **1.05M ± 71k** | **2.105 ± 0.15** | 841.5 ± 224 | 1684 ± 448 | 84.15 ± 22 | 1.235e5 ± 0.71 | 0.625 ± 0.035 | 0.9 ± 0 | 1 ± 7.1e-4 | 1 ± 0 | 1 ± 0 | **1.205 ± 0.0071** | 1.625 ± 0.18 |
-| gated | 3 | 1.25 ± 0.05 | 3.493 ± 0.17 | 1.25M ± 50k | 2.51 ± 0.11 | 414 ± 66 | 829 ± 131 | 41.4 ± 6.6 | 1.235e5 ± 1 | 0.65 ± 0.05 | 0.9 ± 0 | 1.001 ± 0.001 | 1 ± 0 | 1 ± 0 | 1.223 ± 0.0035 (2/3) | — |
-| slot_bias | 1 | 1.5 (n=1) | 4.482 (n=1) | 1.5M (n=1) | 3 (n=1) | **197.5 (n=1)** | **395.1 (n=1)** | **19.75 (n=1)** | **1.235e5 (n=1)** | **0 (n=1)** | 0.9 (n=1) | **1 (n=1)** | 1 (n=1) | 1 (n=1) | 1.25 (n=1) | — |
+| softmax (baseline) | 2 (+1 broken) | **1.05 ± 0.071** | **2.861 ± 0.2** | **1.05M ± 71k** | **2.105 ± 0.15** | 841.5 ± 224 | 1684 ± 448 | 84.15 ± 22 | 1.235e5 ± 0.71 | 2/2 [0.16, 1] | 0.9 ± 0 | 1 ± 7.1e-4 | 1 ± 0 | 1 ± 0 | **1.205 ± 0.0071** | 1.625 ± 0.18 |
+| gated | 3 | 1.25 ± 0.05 | 3.493 ± 0.17 | 1.25M ± 50k | 2.51 ± 0.11 | 414 ± 66 | 829 ± 131 | 41.4 ± 6.6 | 1.235e5 ± 1 | 3/3 [0.29, 1] | 0.9 ± 0 | 1.001 ± 0.001 | 1 ± 0 | 1 ± 0 | 1.223 ± 0.0035 (2/3) | — |
+| slot_bias | 1 | 1.5 (n=1) | 4.482 (n=1) | 1.5M (n=1) | 3 (n=1) | **197.5 (n=1)** | **395.1 (n=1)** | **19.75 (n=1)** | **1.235e5 (n=1)** | **0/1 [0, 0.97]** | 0.9 (n=1) | **1 (n=1)** | 1 (n=1) | 1 (n=1) | 1.25 (n=1) | — |
 
-Significance: Welch's t-test of each variant against the baseline `softmax`, two-sided, only where both have at least 2 seeds: \* p < 0.05, \*\* p < 0.01.
+Significance against the baseline `softmax`, two-sided, only where both have at least 2 runs, by each column's test: ᵗ Welch's t-test; ᶠ Fisher's exact test on the runs whose value is above the column's threshold ("X > θ", declared with the metric; the cell: yes / runs [exact Clopper-Pearson 95% interval]); ˡ log-rank test on the tokens to the target, a run that did not reach it censored at its last step. Marks are Holm-corrected over the whole table (family-wise α = 0.05): \* corrected p < 0.05, \*\* corrected p < 0.01. No variance (neither group varies): no test, no mark.
 
-Tokens to val loss ≤ 1.4: the lowest loss target that every variant reached in at least one run (`convergence/tokens_to_X`).
+Holm's family: the 11 comparisons with a p-value in this table: gated × 11 (final val loss ᵗ, final ppl ᵗ, tokens to val loss ≤ 1.4 ˡ, val-loss AUC ᵗ, top1/median (max) ᵗ, down-proj input top1/median ᵗ, avg kurtosis ᵗ, max inf-norm ᵗ, sink rate > 0.5 ᶠ, W8A8 ppl ratio ᵗ, w4_per_channel ppl ratio ᵗ).
 
-Columns: final val loss = `convergence/final_val_loss`; final ppl = `convergence/final_val_ppl`; tokens to val loss ≤ 1.4 = `convergence/tokens_to_1.4`; val-loss AUC = `convergence/val_loss_auc`; top1/median (max) = `outliers/act/top1_over_median/max`; down-proj input top1/median = `outliers/down/top1_over_median/max`; avg kurtosis = `outliers/act/avg_kurtosis`; max inf-norm = `outliers/act/max_inf_norm`; sink rate = `outliers/attn/sink_rate`; first-token share = `outliers/attn/first_token_share/max`; W8A8 ppl ratio = `compress/w8a8/ppl_ratio`; W8 ppl ratio = `compress/w8_absmax/ppl_ratio`; clip_p99.9 ppl ratio = `compress/clip_p99.9/ppl_ratio`; w4_per_channel ppl ratio = `compress/w4_per_channel/ppl_ratio`; a_custom ppl ratio = `compress/a_custom/ppl_ratio`.
+No test: gated × first-token share (no variance); gated × W8 ppl ratio (no variance); gated × clip_p99.9 ppl ratio (no variance).
+
+Tokens to val loss ≤ 1.4: the lowest loss target that every variant reached in at least one run (`convergence/tokens_to_X`); the mean is over the runs that reached it.
+
+Columns: final val loss = `convergence/final_val_loss`; final ppl = `convergence/final_val_ppl`; tokens to val loss ≤ 1.4 = `convergence/tokens_to_1.4`; val-loss AUC = `convergence/val_loss_auc`; top1/median (max) = `outliers/act/top1_over_median/max`; down-proj input top1/median = `outliers/down/top1_over_median/max`; avg kurtosis = `outliers/act/avg_kurtosis`; max inf-norm = `outliers/act/max_inf_norm`; sink rate > 0.5 = `outliers/attn/sink_rate`; first-token share = `outliers/attn/first_token_share/max`; W8A8 ppl ratio = `compress/w8a8/ppl_ratio`; W8 ppl ratio = `compress/w8_absmax/ppl_ratio`; clip_p99.9 ppl ratio = `compress/clip_p99.9/ppl_ratio`; w4_per_channel ppl ratio = `compress/w4_per_channel/ppl_ratio`; a_custom ppl ratio = `compress/a_custom/ppl_ratio`.
+
+### Comparisons with the baseline
+
+Each cell against its baseline. p: the column's test, uncorrected; Holm p: corrected over the table (this gives the mark). Beside Welch's test, as checks that give no mark: Mann-Whitney U's two-sided p (uncorrected) and the difference of means with its 95% bootstrap interval (BCa, groups resampled separately, seed 0; with a handful of seeds it is too narrow: it cannot see beyond the seeds' own spread). For Fisher's and the log-rank test: the counts.
+
+| variant | column | test | p | Holm p | Mann-Whitney p | difference [bootstrap interval] or counts |
+|:---|:---|:---|---:|---:|---:|---:|
+| gated | final val loss | Welch's t-test | 0.094 | 0.847 | 0.200 | +0.2 [0.1167, 0.2833] |
+| gated | final ppl | Welch's t-test | 0.069 | 0.690 | 0.200 | +0.632 [0.3727, 0.8914] |
+| gated | tokens to val loss ≤ 1.4 | log-rank test | 0.039 | 0.428 | — | reached 3/3 against 2/2 |
+| gated | val-loss AUC | Welch's t-test | 0.097 | 0.847 | 0.200 | +0.405 [0.2633, 0.5833] |
+| gated | top1/median (max) | Welch's t-test | 0.210 | 1.000 | 0.200 | -427.5 [-630, -225] |
+| gated | down-proj input top1/median | Welch's t-test | 0.210 | 1.000 | 0.200 | -854.5 [-1258, -450.6] |
+| gated | avg kurtosis | Welch's t-test | 0.210 | 1.000 | 0.200 | -42.75 [-63, -22.5] |
+| gated | max inf-norm | Welch's t-test | 0.561 | 1.000 | 0.761 | +0.5 [-0.6667, 1.667] |
+| gated | sink rate > 0.5 | Fisher's exact test | 1.000 | 1.000 | — | 3/3 against 2/2 |
+| gated | first-token share | Welch's t-test | no variance | — | — | +0 |
+| gated | W8A8 ppl ratio | Welch's t-test | 0.561 | 1.000 | 0.761 | +0.0005 [-0.0006667, 0.001667] |
+| gated | W8 ppl ratio | Welch's t-test | no variance | — | — | +0 |
+| gated | clip_p99.9 ppl ratio | Welch's t-test | no variance | — | — | +0 |
+| gated | w4_per_channel ppl ratio | Welch's t-test | 0.129 | 0.903 | 0.333 | +0.0175 [0.01, 0.025] |
+
 
 ## Figures
 
@@ -443,7 +477,7 @@ def _table(*summaries: dict) -> report.Table:
 def test_declared_columns_in_section_order_and_no_header_ratio_only_with_data():
     headers = [c.header for c in _table({"compress/w8a8/ppl_ratio": 1.0, "outliers/attn/sink_rate": 0.5,
                                          "convergence/final_val_ppl": 2.7}).columns]
-    assert headers == ["final val loss", "final ppl", "sink rate", "W8A8 ppl ratio"]
+    assert headers == ["final val loss", "final ppl", "sink rate > 0.5", "W8A8 ppl ratio"]
     # w4_per_channel is declared without a header: a column once a run has a value, not before
     assert "compress/w4_per_channel/ppl_ratio" in {m.key for m in registry.declared("compress")}
     keys = [c.key for c in _table({"compress/w4_per_channel/ppl_ratio": None}).columns]
@@ -559,3 +593,165 @@ def test_baseline_key_value_tests_each_optimizer_against_adamw_within_its_varian
     assert p["softmax (optim=muon)"] == pytest.approx(1.0)  # identical values: no difference
     assert p["explicit_scale (optim=muon)"] < 0.01 and p["softmax (optim=sgd, optim.lr=0.1)"] < 0.01
     assert p["softmax (optim=adamw)"] is None  # the baseline is not tested against itself
+
+
+# ----------------------------------------------------------------------------- tests that fit the outcome
+
+def _runs(spec: dict[str, list[dict]]) -> list[report.Run]:
+    """Complete in-memory runs: {variant: [summary per seed]} (final loss 1.0 in every run, so that its
+    column has no variance and no test unless a summary sets it)."""
+    return [report.Run(path=Path(f"{variant}{seed}"), name=f"{variant}{seed}", variant=variant, seed=seed,
+                       summary={"convergence/final_val_loss": 1.0, **summary})
+            for variant, summaries in spec.items() for seed, summary in enumerate(summaries)]
+
+
+def _build(runs: list[report.Run], baseline: str = "softmax") -> tuple[report.Table, str]:
+    table = report.build_table(report.group_runs(runs, baseline), baseline)
+    return table, report.markdown_report(runs, table, [Path("sweep")], baseline)
+
+
+def _tested(table: report.Table) -> list:
+    return [c.comparison for c in table.cells.values() if c.comparison is not None and c.comparison.tested]
+
+
+def test_zero_spread_groups_get_no_p_value_and_no_mark():
+    loss = "convergence/final_val_loss"
+    table, text = _build(_runs({"softmax": [{loss: 1.0}, {loss: 1.0}], "v": [{loss: 2.0}, {loss: 2.0}],
+                                "w": [{loss: 2.0}, {loss: 2.1}]}))
+    none = table.cells["v", loss].comparison
+    # the old rule gave p = 0 here, a "**" from two constant groups
+    assert none.note == "no variance" and math.isnan(none.p) and none.mark == ""
+    assert cell(results_rows(text), "v", "final val loss") == "2 ± 0"
+    assert "No test: v × final val loss (no variance)." in text
+    assert "| v | final val loss | Welch's t-test | no variance | — | — |" in text
+    # one group without spread is still a test (df from the other), and the only one in the family
+    one = table.cells["w", loss].comparison
+    # (t = 1.05 / sqrt(0.005 / 2) = 21 on df = 1: the Cauchy distribution)
+    assert one.p == pytest.approx(1 - 2 / math.pi * math.atan(21), rel=1e-9)
+    assert _tested(table) == [one] and one.p_holm == one.p
+    assert "Holm's family: the 1 comparisons with a p-value in this table: w × 1 (final val loss ᵗ)." in text
+    # tokens to a target that every run reached, each group at one time: no test either (the log-rank
+    # test would give p = 0.025 from the order of two constant groups)
+    key = "convergence/tokens_to_2"
+    tokens = _build(_runs({"softmax": [{key: 6e5}] * 3, "v": [{key: 8e5}] * 3}))[0].cells["v", key].comparison
+    assert tokens.test == "logrank" and tokens.note == "no variance" and tokens.mark == ""
+    assert stats.logrank([8e5] * 3, [6e5] * 3).pvalue < 0.05
+
+
+def test_a_binary_outcome_gets_clopper_pearson_and_fisher():
+    # 10 seeds: the variant forms a sink (rate > 0.5) in 9, softmax in 2. The mean rates point the other
+    # way (0.459 against 0.592) and Welch's test on them finds nothing: the per-run outcome is the point.
+    rates = {"softmax": [1.0] * 2 + [0.49] * 8, "v": [0.51] * 9 + [0.0]}
+    table, text = _build(_runs({v: [{SINK: r} for r in rs] for v, rs in rates.items()}))
+    column = next(c for c in table.columns if c.key == SINK)
+    assert column.header == "sink rate > 0.5" and column.test == "fisher"
+    assert registry.get(SINK).binary_above == 0.5
+    assert registry.get("outliers/domain/{domain}/sink_rate").binary_above == 0.5
+    for variant, k in (("v", 9), ("softmax", 2)):  # Clopper-Pearson: the beta quantiles (textbook form)
+        low, high = report.clopper_pearson(k, 10)
+        assert (low, high) == pytest.approx((stats.beta.ppf(0.025, k, 11 - k), stats.beta.ppf(0.975, k + 1, 10 - k)))
+        ci = stats.binomtest(k, 10).proportion_ci(method="exact")
+        assert (low, high) == (ci.low, ci.high)
+    assert report.clopper_pearson(9, 10) == pytest.approx((0.5550, 0.9975), abs=1e-4)
+    # Fisher's two-sided p: the tables with the margins (11 yes of 20, 10 per side) no likelier than 9 vs 2
+    prob = [math.comb(10, k) * math.comb(10, 11 - k) / math.comb(20, 11) for k in range(1, 11)]
+    by_hand = sum(q for q in prob if q <= prob[9 - 1] * (1 + 1e-9))
+    sink = table.cells["v", SINK].comparison
+    assert sink.p == pytest.approx(by_hand, rel=1e-12) == stats.fisher_exact([[9, 1], [2, 8]]).pvalue
+    assert sink.p == pytest.approx(0.005477, abs=1e-6) and sink.counts == "9/10 against 2/10"
+    assert stats.ttest_ind(rates["v"], rates["softmax"], equal_var=False).pvalue > 0.05  # the mean's test: no mark
+    rows = results_rows(text)
+    assert cell(rows, "v", "sink rate > 0.5") == "9/10 [0.55, 1] \\*\\*ᶠ"
+    assert cell(rows, "softmax", "sink rate > 0.5") == "**2/10 [0.025, 0.56]**"  # fewer sinks: the best
+
+
+def test_holm_textbook_example_and_its_marks():
+    # four p-values, alpha 0.05: uncorrected all four are significant; Holm compares the sorted p with
+    # alpha / 4, / 3, / 2, / 1 and stops at the third (0.03 > 0.025): only 0.005 and 0.01 stay
+    p = [0.01, 0.04, 0.03, 0.005]
+    adjusted = report.holm(p)
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [report.significance_mark(x) for x in p] == ["*", "*", "*", "**"]
+    assert [report.significance_mark(x) for x in adjusted] == ["*", "", "", "*"]
+    assert report.holm([]) == [] and report.holm([0.6, 0.5]) == [1.0, 1.0]
+    with pytest.raises(ValueError):
+        report.holm([0.01, math.nan])
+    # in a table: two variants each at Welch p = 0.034; uncorrected both marked, corrected neither
+    loss = "convergence/final_val_loss"
+    base, shifted = [1.0, 1.1, 1.2, 1.3], [1.25, 1.35, 1.45, 1.55]
+    table, text = _build(_runs({"softmax": [{loss: x} for x in base], "a": [{loss: x} for x in shifted],
+                                "b": [{loss: x} for x in shifted]}))
+    for variant in ("a", "b"):
+        c = table.cells[variant, loss].comparison
+        assert c.p == pytest.approx(0.0338, abs=1e-4) and report.significance_mark(c.p) == "*"
+        assert c.p_holm == pytest.approx(2 * c.p) and c.mark == ""
+        assert "\\*" not in cell(results_rows(text), variant, "final val loss")
+    assert "Holm's family: the 2 comparisons with a p-value in this table: a, b × 1 (final val loss ᵗ)." in text
+
+
+def _logrank_by_hand(events_a, censored_a, events_b, censored_b) -> float:
+    """The textbook log-rank test: at each event time, observed minus expected events of group a and
+    the hypergeometric variance, over the runs at risk (a run censored at t is at risk at t)."""
+    o_minus_e = variance = 0.0
+    for t in sorted(set(events_a) | set(events_b)):
+        n_a = sum(x >= t for x in list(events_a) + list(censored_a))
+        n_b = sum(x >= t for x in list(events_b) + list(censored_b))
+        d_a, d = events_a.count(t), events_a.count(t) + events_b.count(t)
+        n = n_a + n_b
+        o_minus_e += d_a - d * n_a / n
+        variance += d * (n_a / n) * (n_b / n) * (n - d) / (n - 1) if n > 1 else 0.0
+    return float(stats.chi2.sf(o_minus_e ** 2 / variance, 1))
+
+
+def test_runs_that_miss_the_target_are_censored_not_dropped():
+    key = "convergence/tokens_to_2"
+    base = [100e3, 110e3, 120e3, 130e3, 140e3, 150e3]
+    reached = [100e3, 120e3]  # the variant's 4 other runs stop at 200k tokens without reaching loss 2
+    runs = _runs({"softmax": [{key: x} for x in base], "v": [{key: x} for x in reached] + [{}] * 4})
+    for run in runs:  # 100 steps of 2000 tokens: train/tokens after the 0-indexed step 99 is 200k
+        run.curves["train/tokens"], run.steps_done = (np.array([0.0, 99.0]), np.array([2e3, 2e5])), 100
+    assert runs[-1].tokens_done == 2e5
+    table, text = _build(runs)
+    assert table.tokens_target == "2"
+    c = table.cells["v", key].comparison
+    censored = stats.CensoredData(uncensored=reached, right=[2e5] * 4)
+    assert c.test == "logrank" and c.p == pytest.approx(stats.logrank(censored, base).pvalue, rel=1e-12)
+    assert c.p == pytest.approx(_logrank_by_hand(reached, [2e5] * 4, base, []), rel=1e-9)
+    assert c.p == pytest.approx(0.0461, abs=1e-4) and c.p_holm == c.p and c.mark == "*"
+    assert c.counts == "reached 2/6 against 6/6"
+    # its 2 runs that got there were quick, but 2 of 6 is not the best of the column: softmax's 6 of 6 is
+    assert cell(results_rows(text), "v", "tokens to") == "110k ± 14k (2/6) \\*ˡ"
+    assert cell(results_rows(text), "softmax", "tokens to") == "**125k ± 19k**"
+    # the wrong versions: dropping the four runs (Welch on 2 against 6) or counting who got there (Fisher)
+    assert stats.ttest_ind(reached, base, equal_var=False).pvalue > 0.3
+    assert stats.fisher_exact([[2, 4], [6, 0]]).pvalue > 0.05
+    # without train/tokens the end is unknown: censored after every time in the comparison, the same here
+    for run in runs:
+        run.curves.clear()
+    assert _build(runs)[0].cells["v", key].comparison.p == pytest.approx(c.p, rel=1e-12)
+
+
+def test_mann_whitney_and_bootstrap_against_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0, 9.0, 10.0]
+    # complete separation, no ties: U = 0, and 2 of the C(10, 5) = 252 equally likely orders are as extreme
+    assert report.mann_whitney(a, b) == (0.0, pytest.approx(2 / 252, rel=1e-12))
+    tied_a, tied_b = [1.1, 2.3, 2.3, 4.0, 0.7], [2.3, 5.0, 6.1, 3.3]
+    expected = stats.mannwhitneyu(tied_a, tied_b, alternative="two-sided")
+    assert report.mann_whitney(tied_a, tied_b) == (expected.statistic, expected.pvalue)
+    assert all(math.isnan(x) for x in report.mann_whitney([1.0, 1.0], [2.0, 2.0]))
+    # the bootstrap: scipy's with the fixed seed, the same interval every time
+    x, y = [1.2, 1.5, 0.9, 1.4, 1.1], [2.0, 2.6, 1.8, 2.2, 2.9]
+    reference = stats.bootstrap((x, y), lambda p, q, axis=-1: np.mean(p, axis) - np.mean(q, axis), vectorized=True,
+                                n_resamples=9999, rng=np.random.default_rng(0)).confidence_interval
+    low, high = report.bootstrap_mean_difference(x, y)
+    assert (low, high) == pytest.approx((reference.low, reference.high), rel=1e-12)
+    assert (low, high) == report.bootstrap_mean_difference(x, y)
+    assert low < np.mean(x) - np.mean(y) < high < 0
+    # in the table: both are listed beside Welch's test, which gives the mark
+    loss = "convergence/final_val_loss"
+    table, text = _build(_runs({"softmax": [{loss: v} for v in y], "v": [{loss: v} for v in x]}))
+    c = table.cells["v", loss].comparison
+    assert c.mann_whitney == pytest.approx(stats.mannwhitneyu(x, y).pvalue) and c.interval == (low, high)
+    assert c.p == pytest.approx(stats.ttest_ind(x, y, equal_var=False).pvalue) and c.mark == "**"
+    assert c.p == pytest.approx(0.0030, abs=5e-5)
+    assert "| v | final val loss | Welch's t-test | 0.003 | 0.003 \\*\\* | 0.008 | -1.08 [" in text

@@ -122,7 +122,7 @@ def weight_outliers(probe: Probe) -> dict[str, float]:
 
 @measure(
     Metric("outliers/attn/sink_rate", "sink rate (Gu et al.)", column="sink rate", curve=True, panel=True,
-           emergence=0.5),
+           emergence=0.5, binary_above=0.5),
     Metric("outliers/attn/first_token_share/max", "first-token attention share (max)",
            column="first-token share", curve=True, panel=True),
     Metric("outliers/attn/null_mass/mean", "null mass (mean over layers)", curve=True),
@@ -192,7 +192,7 @@ def extreme_tokens(probe: Probe) -> dict[str, float]:
     Metric("outliers/domain/{domain}/first_token_share", "first-token share, {domain} queries (max)",
            column="first-token share ({domain})", curve=True, panel=True),
     Metric("outliers/domain/{domain}/sink_rate", "sink rate, {domain} queries", column="sink rate ({domain})",
-           curve=True),
+           curve=True, binary_above=0.5),
     Metric("outliers/domain/{domain}/null_mass", "null mass, {domain} queries", curve=True),
     Metric("outliers/domain/{domain}/entropy", "attention entropy, {domain} queries", curve=True),
     Metric("outliers/domain/{domain}/loss", "probe loss, {domain} queries", curve=True),

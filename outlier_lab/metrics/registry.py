@@ -46,6 +46,7 @@ class Metric:
     curve: bool = False            # kept at every probe: monitor history, its plot, summary.json
     panel: bool = False            # drawn over steps in the report's outliers_vs_step.png
     emergence: float | None = None  # default threshold of emergence/<key> (None: not watched)
+    binary_above: float | None = None  # a yes/no outcome per run: yes when its value > this (None: a value)
 
     @property
     def section(self) -> str:

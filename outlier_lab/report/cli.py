@@ -1,5 +1,6 @@
 """Offline comparison report of finished (or crashed) runs: one table row per attention variant,
-mean ± std over seeds with Welch's t-test against a baseline, and four figures.
+mean ± std over seeds (or the fraction of runs above a declared threshold) with a test against a
+baseline (Welch's t, Fisher's exact or log-rank, by column; Holm-corrected), and four figures.
 
     python -m outlier_lab.report DIR [DIR ...] [--out OUT] [--baseline softmax]
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run or sweep directories")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: DIR/report for one DIR, ./report for several)")
-    parser.add_argument("--baseline", default="softmax", help="what the t-tests compare against: a variant (softmax), or KEY=VALUE of another "
+    parser.add_argument("--baseline", default="softmax", help="what the tests compare against: a variant (softmax), or KEY=VALUE of another "
                              "swept key (optim=adamw: each optimizer against AdamW, per variant)")
     parser.add_argument("--panels", nargs="+", metavar="PATTERN", default=None,
                         help="draw only these panel metrics over steps (glob patterns of their keys, "
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     path, table, runs = write_report(dirs, out, args.baseline, args.panels)
     for part in rich_tables(table):
         console.print(part)
-    console.print("bold: best mean per column; * p < 0.05, ** p < 0.01: Welch's t-test against the "
-                  f"baseline {args.baseline!r} (both with >= 2 seeds)", highlight=False)
+    tested = sum(c.comparison is not None and c.comparison.tested for c in table.cells.values())
+    console.print(f"bold: best mean (or fraction) per column; * p < 0.05, ** p < 0.01 against the baseline "
+                  f"{args.baseline!r} (both with >= 2 runs), Holm-corrected over the {tested} tests of the table; "
+                  "the test: t Welch, f Fisher (X > θ: runs above θ), l log-rank (tokens to target, misses "
+                  "censored). Every comparison: report.md", highlight=False)
     broken = [r for r in runs if r.problems]
     if broken:
         console.print(f"[yellow]{len(broken)} broken run(s):[/]")

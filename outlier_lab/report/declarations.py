@@ -20,6 +20,7 @@ LAYER_KEY = re.compile(r"^outliers/act/(top1|median)/layer_(\d+)$")
 # Guo et al.'s residual-state peak and value-state drain of the first token, per layer
 EXTREME_KEY = re.compile(r"^outliers/(act/residual_peak|attn/value_drain)/layer_(\d+)$")
 LOSS_CURVES = ("train/loss", "val/loss")  # logged by Lightning, not declared metrics
+TOKENS_CURVE = "train/tokens"  # tokens trained on after each step: where a run that missed a target stopped
 
 
 def declared_key(key: str) -> str:
@@ -45,9 +46,9 @@ def panel_metrics(found: Iterable[str] = ()) -> list[Metric]:
 
 
 def is_curve(key: str) -> bool:
-    """Whether a metrics.csv column is read: the losses, the panels (any domain), the
-    per-layer profiles."""
-    return (key in LOSS_CURVES or LAYER_KEY.match(key) is not None or EXTREME_KEY.match(key) is not None
+    """Whether a metrics.csv column is read: the losses, the tokens trained on, the panels
+    (any domain), the per-layer profiles."""
+    return (key in LOSS_CURVES or key == TOKENS_CURVE or LAYER_KEY.match(key) is not None or EXTREME_KEY.match(key) is not None
             or any(m.panel and m.matches(key) for m in declared()))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from outlier_lab.report.declarations import declared_key, is_curve
+from outlier_lab.report.declarations import TOKENS_CURVE, declared_key, is_curve
 from outlier_lab.sweep import FAILED
 
 MAX_DEPTH = 3
@@ -49,6 +49,16 @@ class Run:
 
     def value(self, key: str) -> float | None:
         return number(self.summary.get(key))
+
+    @property
+    def tokens_done(self) -> float | None:
+        """Tokens trained on in the steps done, as ``convergence/tokens_to_X`` counts them (step
+        times tokens per step; train/tokens after the 0-indexed step s is (s + 1) per step);
+        None without train/tokens in metrics.csv."""
+        if TOKENS_CURVE not in self.curves or self.steps_done is None:
+            return None
+        steps, tokens = self.curves[TOKENS_CURVE]
+        return float(tokens[-1]) / (steps[-1] + 1) * self.steps_done
 
 
 def number(value) -> float | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from outlier_lab.metrics.registry import SECTIONS
 from outlier_lab.report.figures import FIGURES
 from outlier_lab.report.load import Run
-from outlier_lab.report.stats import significance_mark
+from outlier_lab.report.notes import comparisons_section, significance_notes
+from outlier_lab.report.stats import clopper_pearson
 from outlier_lab.report.table import Cell, Column, Table
 
 SECTION_TITLES = {"compress": "compression"}  # the others are titled by their own name
@@ -38,9 +39,14 @@ def format_number(x: float, kind: str = "num", digits: int = 4) -> str:
 
 
 def format_cell(cell: Cell, kind: str = "num") -> str:
-    """"mean ± std" (n >= 2), "mean (n=1)"; "(k/n)" when only k of the n complete runs have it."""
+    """"mean ± std" (n >= 2), "mean (n=1)"; for a yes/no column "yes/runs [low, high]" with the
+    Clopper-Pearson interval of the fraction; "(k/n)" when only k of the n complete runs have it."""
     if not cell.n:
         return "—"
+    if cell.binary_above is not None:
+        low, high = clopper_pearson(cell.yes, cell.n)
+        text = f"{cell.yes}/{cell.n} [{format_number(low, digits=2)}, {format_number(high, digits=2)}]"
+        return text + (f" ({cell.n}/{cell.expected})" if cell.n < cell.expected else "")
     text = format_number(cell.mean, kind)
     if cell.n >= 2 and not math.isnan(cell.std):
         std = 0.0 if cell.std <= 1e-9 * abs(cell.mean) else cell.std  # rounding noise of equal values
@@ -57,14 +63,16 @@ def _md_escape(text: str) -> str:
 
 
 def table_rows(table: Table, columns: list[Column]):
-    """Per group: (label, seeds, [(cell text, best, significance mark) per column]), the
-    content that the Markdown and the terminal tables dress each in their own way."""
+    """Per group: (label, seeds, [(cell text, best, Holm-corrected mark, the test's letter) per
+    column]), the content that the Markdown and the terminal tables dress each in their own way."""
     for group in table.groups:
         label = group.label + (" (baseline)" if group is table.baseline_of(group) else "")
         seeds = str(len(group.complete)) + (f" (+{len(group.broken)} broken)" if group.broken else "")
         cells = [table.cells[group.label, column.key] for column in columns]
-        yield label, seeds, [(format_cell(cell, column.kind), cell.best, significance_mark(cell.p))
-                             for cell, column in zip(cells, columns)]
+        marks = [(c.comparison.mark, c.comparison.letter) if c.comparison and c.comparison.mark else ("", "")
+                 for c in cells]
+        yield label, seeds, [(format_cell(cell, column.kind), cell.best, *mark)
+                             for cell, column, mark in zip(cells, columns, marks)]
 
 
 def markdown_table(table: Table) -> str:
@@ -73,9 +81,9 @@ def markdown_table(table: Table) -> str:
              "|" + "|".join([":---", "---:"] + ["---:"] * len(table.columns)) + "|"]
     for label, seeds, cells in table_rows(table, table.columns):
         row = [_md_escape(label), seeds]
-        for text, best, mark in cells:
+        for text, best, mark, letter in cells:
             text = f"**{text}**" if best else text
-            row.append(text + (" " + "\\*" * len(mark) if mark else ""))
+            row.append(text + (" " + "\\*" * len(mark) + letter if mark else ""))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -99,10 +107,10 @@ def rich_tables(table: Table) -> list:
             out.add_column(column.header, justify="right", no_wrap=True)
         for label, seeds, cells in table_rows(table, columns):
             row = [Text(label), Text(seeds)]
-            for text, best, mark in cells:
+            for text, best, mark, letter in cells:
                 row.append(Text(text, style="bold" if best else ""))
                 if mark:
-                    row[-1].append(" " + mark, style="yellow")
+                    row[-1].append(" " + mark + letter, style="yellow")
             out.add_row(*row)
         parts.append(out)
     return parts
@@ -144,8 +152,9 @@ def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: s
         "## Results",
         "",
         "Mean ± std over the complete runs of each variant (std with ddof=1; a single run shows its "
-        "value and \"(n=1)\"; \"(k/n)\": only k of the n complete runs have that value). "
-        "Lower is better in every column; **bold** marks the best mean of each column. "
+        "value and \"(n=1)\"; \"(k/n)\": only k of the n complete runs have that value); a column "
+        "\"X > θ\" counts the runs whose value is above θ instead. "
+        "Lower is better in every column; **bold** marks the best mean (or fraction) of each column. "
         "Crashed/unfinished runs are left out of the table (see the seeds column and the list below).",
         "",
     ]
@@ -153,16 +162,15 @@ def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: s
         lines += [markdown_table(table), ""]
     else:
         lines += ["No complete run has any summary value: no table.", ""]
-    if table.baseline is not None:
-        lines.append(f"Significance: Welch's t-test of each variant against the baseline `{baseline}`, "
-                     "two-sided, only where both have at least 2 seeds: \\* p < 0.05, \\*\\* p < 0.01.")
-    else:
-        lines.append(f"Significance: no baseline: no run of `{baseline}` was found (`--baseline`).")
+    lines += significance_notes(table, baseline)
     if table.tokens_target is not None:
         lines += ["", f"Tokens to val loss ≤ {table.tokens_target}: the lowest loss target that every "
-                  "variant reached in at least one run (`convergence/tokens_to_X`)."]
+                  "variant reached in at least one run (`convergence/tokens_to_X`); the mean is over "
+                  "the runs that reached it."]
     if table.columns:
         lines += ["", "Columns: " + "; ".join(f"{c.header} = `{c.key}`" for c in table.columns) + "."]
+    if table.baseline is not None:
+        lines += [""] + comparisons_section(table)
     lines += ["", "## Figures", ""]
     for name in FIGURES:
         heading, alt = FIGURE_HEADINGS[name]

@@ -1,18 +1,19 @@
 """The comparison table: runs grouped by variant, one column per declared metric with a
 header (plus tokens-to-target and the compression ratios found in the runs), and per cell
-the values over seeds, the best mean of each column and Welch's p against the baseline.
+the values over seeds, the best of each column and the test against the baseline
+(``compare``: the column's test, Holm-corrected over the table).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from outlier_lab.report.compare import Comparison, compare, correct
 from outlier_lab.report.declarations import TOKENS_TO, column_metrics, ratio_columns
 from outlier_lab.report.load import Run, number
-from outlier_lab.report.stats import welch_t_test
 
 TOKENS_COLUMN_INDEX = 2  # after the final loss and ppl
 
@@ -84,15 +85,28 @@ def group_runs(runs: list[Run], baseline: str) -> list[Group]:
 class Column:
     key: str
     header: str
-    kind: str = "num"  # "tokens" formats with k/M/G
+    kind: str = "num"  # "tokens" formats with k/M/G (and its runs that did not get there are censored)
+    binary_above: float | None = None  # a yes/no outcome per run: yes when the value is above this
+
+    @property
+    def test(self) -> str:
+        """The test against the baseline (``compare``): fisher, logrank or welch."""
+        return "fisher" if self.binary_above is not None else "logrank" if self.kind == "tokens" else "welch"
 
 
 @dataclass
 class Cell:
     values: list[float]
     expected: int             # complete runs of the variant
-    p: float | None = None    # Welch's test against the baseline
+    comparison: Comparison | None = None  # the test against the baseline (None: the baseline, or none)
     best: bool = False
+    binary_above: float | None = None     # the column's yes/no rule
+    censored: list[float | None] = field(default_factory=list)  # tokens columns: where the others stopped
+
+    @property
+    def p(self) -> float | None:
+        """The uncorrected p of the test against the baseline (NaN: no test; None: not compared)."""
+        return None if self.comparison is None else self.comparison.p
 
     @property
     def n(self) -> int:
@@ -101,6 +115,24 @@ class Cell:
     @property
     def mean(self) -> float:
         return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def yes(self) -> int:
+        """Runs whose value is above the yes/no threshold."""
+        return sum(v > self.binary_above for v in self.values)
+
+    @property
+    def fraction(self) -> float:
+        return self.yes / self.n if self.n else math.nan
+
+    @property
+    def rank(self) -> tuple[float, ...]:
+        """What "best" compares (lowest first): the fraction of yes for a yes/no column; for tokens
+        to a target the fraction of runs that did not get there, then the mean of those that did
+        (2 quick runs of 6 are not better than 6 of 6); else the mean."""
+        if self.binary_above is not None:
+            return (self.fraction,)
+        return (len(self.censored) / (self.n + len(self.censored)), self.mean)
 
     @property
     def std(self) -> float:
@@ -169,7 +201,8 @@ def table_columns(groups: list[Group]) -> tuple[list[Column], str | None]:
     order) with tokens-to-target at TOKENS_COLUMN_INDEX, then the ppl ratios of compression
     protocols without a header that the summaries hold."""
     found = {key for g in groups for r in g.complete for key in r.summary}
-    columns = [Column(m.key, m.column) for m in column_metrics(found)]
+    columns = [Column(m.key, m.column if m.binary_above is None else f"{m.column} > {m.binary_above:g}",
+                      binary_above=m.binary_above) for m in column_metrics(found)]
     target = choose_tokens_target(groups)
     if target is not None:
         columns.insert(TOKENS_COLUMN_INDEX, Column(f"convergence/tokens_to_{target}",
@@ -178,25 +211,29 @@ def table_columns(groups: list[Group]) -> tuple[list[Column], str | None]:
     return [c for c in columns if any(g.values(c.key) for g in groups)], target
 
 
+def make_cell(group: Group, column: Column) -> Cell:
+    """The values of the group's complete runs; for tokens to a target, the runs that did not
+    reach it are kept as censored at the tokens of their last step (None when unknown)."""
+    cell = Cell(group.values(column.key), len(group.complete), binary_above=column.binary_above)
+    if column.kind == "tokens":
+        cell.censored = [r.tokens_done for r in group.complete if r.value(column.key) is None]
+    return cell
+
+
 def build_table(groups: list[Group], baseline: str) -> Table:
     columns, target = table_columns(groups)
-    cells = {}
-    for group in groups:
-        for column in columns:
-            cells[group.label, column.key] = Cell(group.values(column.key), len(group.complete))
+    cells = {(group.label, column.key): make_cell(group, column) for group in groups for column in columns}
     for column in columns:
         for group in groups:
             base = baseline_for(group, groups, baseline)
-            cell = cells[group.label, column.key]
-            if base is None or base is group:
-                continue
-            other = cells[base.label, column.key]
-            if cell.n >= 2 and other.n >= 2:
-                cell.p = welch_t_test(cell.values, other.values)[2]
+            if base is not None and base is not group:
+                cell = cells[group.label, column.key]
+                cell.comparison = compare(column, cell, cells[base.label, column.key])
         filled = [cells[g.label, column.key] for g in groups if cells[g.label, column.key].n]
-        best = min((c.mean for c in filled), default=math.nan)
-        if any(c.mean > best for c in filled):  # nothing to single out when all tie
+        best = min((c.rank for c in filled), default=None)
+        if any(c.rank > best for c in filled):  # nothing to single out when all tie
             for c in filled:
-                c.best = c.mean == best
+                c.best = c.rank == best
+    correct([c.comparison for c in cells.values() if c.comparison is not None])
     base = next((g for g in groups if is_baseline(g, baseline)), None)
     return Table(columns, groups, cells, base, target, baseline)
