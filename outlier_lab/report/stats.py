@@ -82,10 +82,7 @@ def bootstrap_mean_difference(a, b, seed: int = BOOTSTRAP_SEED) -> tuple[float, 
     options = dict(vectorized=True, paired=False, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES)
     with warnings.catch_warnings():  # degenerate resamples of 2-3 seeds: scipy warns and answers NaN
         warnings.simplefilter("ignore")
-        try:
-            result = stats.bootstrap((a, b), _mean_difference, rng=np.random.default_rng(seed), **options)
-        except TypeError:  # scipy < 1.15 (the floor is 1.11) names the generator random_state
-            result = stats.bootstrap((a, b), _mean_difference, random_state=np.random.default_rng(seed), **options)
+        result = stats.bootstrap((a, b), _mean_difference, rng=np.random.default_rng(seed), **options)
     interval = result.confidence_interval
     return float(interval.low), float(interval.high)
 
