@@ -29,7 +29,12 @@ def test_the_recipe_composes():
         cfg = compose(config_name="train", overrides=["paths.output_dir=/tmp/x", "+experiment=sink_mechanism"],
                       return_hydra_config=True)
     assert cfg.data._target_ == "outlier_lab.data.bigram_backcopy.BigramBackcopyDataModule"
-    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.block_size) == (1, 1, 64)
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.block_size, cfg.model.n_embd) == (1, 1, 64, 64)
+    # the recipe the study's numbers come from (docs/mechanism.md): a change here changes every verdict
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.warmup_steps) == (
+        "adamw", 3.0e-3, 3.0e-4, 1.0e-4, 50)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.data.batch_size) == (1000, 250, 32)
+    assert (cfg.callbacks.outlier_monitor.every_n_steps, cfg.callbacks.outlier_monitor.probe_sequences) == (50, 32)
     assert cfg.torch_threads == 1 and cfg.hydra.launcher.n_jobs == 2
     assert "JoblibLauncher" in cfg.hydra.launcher._target_
     assert cfg.hydra.sweeper.params.seed == "0,1,2"
