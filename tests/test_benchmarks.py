@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -32,3 +33,20 @@ def test_gpu_check_refuses_a_machine_without_cuda():
                             timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip() == "gpu_check: no CUDA device here; run it on the GPU machine, or use --cpu-smoke"
+
+
+def test_the_compile_headline_leaves_out_a_run_that_fell_back_to_eager(monkeypatch, capsys):
+    """A fallback times eager twice; its ratio (here 0.5, worse than the real one) must not be
+    the headline, and it is named."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compile_benchmark", ROOT / "benchmarks" / "compile.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = {"softmax": dict(eager=1.0, compiled=1.25, warmup=3.0, fell_back=False),
+               "softpick": dict(eager=1.0, compiled=2.0, warmup=0.1, fell_back=True)}
+    monkeypatch.setattr(bench, "measure", lambda size, variant, *args, **kwargs: results[variant])
+    assert bench.table(["nano"], ["softmax", "softpick"], "cpu", 1) == pytest.approx(0.8)
+    assert "left out of the headline: nano/softpick" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "measure", lambda *args, **kwargs: results["softpick"])
+    assert math.isnan(bench.table(["nano"], ["softpick"], "cpu", 1))  # nothing compiled: no headline number
