@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -111,3 +112,63 @@ def test_bad_input_is_one_clear_line(tmp_path, case, message):
                             timeout=120, env=dict(os.environ))
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2 and message in out and "Traceback" not in out, out
+
+
+def test_analyze_numbers_match_the_definitions_computed_by_hand(tmp_path):
+    """analyze.py's attention and activation numbers against plain torch written from the
+    definitions (docs/metrics.md), not from measure_model: p from q, k of each block's own
+    norm output, h from each block's output. The case is chosen so that the plausible wrong
+    definitions give other numbers (asserted below): the first-token share with query 0 in
+    it, a sink rate thresholded after averaging over sequences, and top1/median taken over
+    the whole batch instead of per sequence."""
+    torch.manual_seed(1)
+    C, H, T, W = 32, 2, 16, 6
+    model = GPT(vocab_size=256, block_size=T, n_layer=2, n_head=H, n_embd=C, attention={"name": "softmax"}).eval()
+    with torch.no_grad():  # peaked attention, so that the share to token 0 differs by sequence and head
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[: 2 * C] *= 20
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": {"n_head": H}}, path)
+    text = tmp_path / "text.txt"
+    text.write_bytes(bytes(torch.randint(32, 127, (W * T,), generator=torch.Generator().manual_seed(0)).tolist()))
+    values = analyze.analyze(compose_analyze(tmp_path / "out", f"ckpt={path}", f"text={text}",
+                                             "nanogpt.attention=softmax", f"windows={W}"))
+
+    ids = torch.tensor(list(text.read_bytes())).view(W, T)
+    normed, outputs = [], []
+    hooks = [h for block in model.transformer.h for h in (
+        block.ln_1.register_forward_hook(lambda m, a, out: normed.append(out)),
+        block.register_forward_hook(lambda m, a, out: outputs.append(out)))]
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    probs = []  # per layer (W, H, T, T): softmax(q k^T / sqrt(d)) over the keys j <= i
+    for block, x in zip(model.transformer.h, normed):
+        weight, bias = block.attn.c_attn.weight.detach(), block.attn.c_attn.bias.detach()
+        q, k = (x @ weight[i * C:(i + 1) * C].T + bias[i * C:(i + 1) * C] for i in range(2))
+        q, k = (t.view(W, T, H, C // H).transpose(1, 2) for t in (q, k))
+        s = (q @ k.transpose(-1, -2) / math.sqrt(C // H)).masked_fill(~torch.ones(T, T).tril().bool(), -math.inf)
+        probs.append(s.softmax(-1))
+    first = torch.stack([p[..., 1:, 0].mean(dim=(0, 2)) for p in probs])  # (layer, head): queries i >= 1
+    alpha = torch.stack([p[..., :, 0].mean(-1) for p in probs])  # (layer, W, H): query 0 included
+    for layer in range(2):
+        assert values[f"outliers/attn/first_token_share/layer_{layer}"] == pytest.approx(float(first[layer].mean()),
+                                                                                        rel=1e-5)
+    assert values["outliers/attn/first_token_share/max"] == pytest.approx(float(first.max()), rel=1e-5)
+    assert values["outliers/attn/sink_rate"] == pytest.approx(float((alpha > 0.3).float().mean()), abs=1e-9)
+    for layer, h in enumerate(outputs):
+        rows = h.abs().reshape(W, -1)
+        top1, median = rows.max(1).values.mean(), rows.quantile(0.5, dim=1).mean()  # per sequence, then averaged
+        assert values[f"outliers/act/top1/layer_{layer}"] == pytest.approx(float(top1), rel=1e-5)
+        assert values[f"outliers/act/median/layer_{layer}"] == pytest.approx(float(median), rel=1e-5)
+        assert values[f"outliers/act/top1_over_median/layer_{layer}"] == pytest.approx(float(top1 / median), rel=1e-5)
+        batch_wide = rows.max() / rows.flatten().quantile(0.5)
+        assert abs(float(batch_wide) / float(top1 / median) - 1) > 0.01  # the batch-wide ratio would be caught
+
+    # the case tells the right definitions from the plausible wrong ones
+    with_query_0 = torch.stack([p[..., :, 0].mean(dim=(0, 2)) for p in probs])
+    assert abs(float(with_query_0.max()) - float(first.max())) > 0.01
+    after_averaging = (alpha.mean(1) > 0.3).float().mean()  # thresholded once per (layer, head)
+    assert abs(float(after_averaging) - values["outliers/attn/sink_rate"]) > 0.05
+    assert 0 < values["outliers/attn/sink_rate"] < 1
