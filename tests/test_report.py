@@ -207,7 +207,7 @@ def test_figures_exist_and_are_linked(rendered):
     path, _, _, text = rendered
     for name in report.FIGURES:
         png = path.parent / f"{name}.png"
-        assert png.is_file() and png.stat().st_size > 10_000
+        assert png.is_file()  # what it draws: tests/test_report_figures.py
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name}.png)" in text
 
