@@ -50,3 +50,19 @@ def test_the_compile_headline_leaves_out_a_run_that_fell_back_to_eager(monkeypat
     assert "left out of the headline: nano/softpick" in capsys.readouterr().out
     monkeypatch.setattr(bench, "measure", lambda *args, **kwargs: results["softpick"])
     assert math.isnan(bench.table(["nano"], ["softpick"], "cpu", 1))  # nothing compiled: no headline number
+
+
+def test_the_monitor_benchmark_keeps_the_default_runs_probes_per_step():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import monitor_overhead
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # the default: 2,500 steps, a probe every 150: at 0, 150, ..., 2,400 and at the end, 2,500
+    assert monitor_overhead.probes(2500, 150) == 18
+    assert monitor_overhead.probes(300, 150) == 3  # the end falls on a multiple: probed once
+    every = monitor_overhead.matched_cadence(416, 2500, 150)
+    assert every == 208 and monitor_overhead.probes(416, every) == 3
+    assert abs(3 / 416 - 18 / 2500) < 1e-4
+    # a cadence per step, not the default's 150: 200 steps at 150 would probe 3 times (1.5x the rate)
+    assert monitor_overhead.probes(200, monitor_overhead.matched_cadence(200, 2500, 150)) / 200 < 3 / 200

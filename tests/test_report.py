@@ -709,7 +709,8 @@ def test_runs_that_miss_the_target_are_censored_not_dropped():
     reached = [100e3, 120e3]  # the variant's 4 other runs stop at 200k tokens without reaching loss 2
     runs = _runs({"softmax": [{key: x} for x in base], "v": [{key: x} for x in reached] + [{}] * 4})
     for run in runs:  # 100 steps of 2000 tokens: train/tokens after the 0-indexed step 99 is 200k
-        run.curves["train/tokens"], run.steps_done = (np.array([0.0, 99.0]), np.array([2e3, 2e5])), 100
+        run.steps_done = 100
+        run.tokens_done = report.load.tokens_done((np.array([0.0, 99.0]), np.array([2e3, 2e5])), run.steps_done)
     assert runs[-1].tokens_done == 2e5
     table, text = _build(runs)
     assert table.tokens_target == "2"
@@ -727,7 +728,7 @@ def test_runs_that_miss_the_target_are_censored_not_dropped():
     assert stats.fisher_exact([[2, 4], [6, 0]]).pvalue > 0.05
     # without train/tokens the end is unknown: censored after every time in the comparison, the same here
     for run in runs:
-        run.curves.clear()
+        run.tokens_done = report.load.tokens_done(None, run.steps_done)
     assert _build(runs)[0].cells["v", key].comparison.p == pytest.approx(c.p, rel=1e-12)
 
 

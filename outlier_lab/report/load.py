@@ -36,6 +36,7 @@ class Run:
     problems: list[str] = field(default_factory=list)
     failed: str | None = None        # last line of <run dir>/FAILED, when the sweep job raised
     overrides: dict[str, str] = field(default_factory=dict)  # .hydra/overrides.yaml: key -> value
+    tokens_done: float | None = None  # tokens trained on in steps_done (None without train/tokens)
 
     @property
     def complete(self) -> bool:
@@ -49,16 +50,6 @@ class Run:
 
     def value(self, key: str) -> float | None:
         return number(self.summary.get(key))
-
-    @property
-    def tokens_done(self) -> float | None:
-        """Tokens trained on in the steps done, as ``convergence/tokens_to_X`` counts them (step
-        times tokens per step; train/tokens after the 0-indexed step s is (s + 1) per step);
-        None without train/tokens in metrics.csv."""
-        if TOKENS_CURVE not in self.curves or self.steps_done is None:
-            return None
-        steps, tokens = self.curves[TOKENS_CURVE]
-        return float(tokens[-1]) / (steps[-1] + 1) * self.steps_done
 
 
 def number(value) -> float | None:
@@ -202,8 +193,18 @@ def read_metrics(run: Run) -> None:
     done = max(ends, default=-1)
     if done >= 0:
         run.steps_done = int(done)
+        run.tokens_done = tokens_done(run.curves.get(TOKENS_CURVE), run.steps_done)
     else:
         run.problems.append("metrics.csv has no train/val loss")
+
+
+def tokens_done(curve: tuple[np.ndarray, np.ndarray] | None, steps_done: int) -> float | None:
+    """Tokens trained on in the steps done, as ``convergence/tokens_to_X`` counts them (step
+    times tokens per step; train/tokens after the 0-indexed step s is (s + 1) per step)."""
+    if curve is None:
+        return None
+    steps, tokens = curve
+    return float(tokens[-1]) / (steps[-1] + 1) * steps_done
 
 
 def read_failed(run: Run) -> None:

@@ -139,7 +139,9 @@ FIGURE_HEADINGS = {  # figure name -> (heading, alt text) in report.md
 }
 
 
-def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: str) -> str:
+def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: str,
+                    figures: tuple[str, ...] = FIGURES) -> str:
+    """report.md; ``figures``: the figures written beside it (none for runs read from a CSV)."""
     complete = sum(r.complete for r in runs)
     broken = [r for r in runs if r.problems]
     lines = [
@@ -172,7 +174,9 @@ def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: s
     if table.baseline is not None:
         lines += [""] + comparisons_section(table)
     lines += ["", "## Figures", ""]
-    for name in FIGURES:
+    if not figures:
+        lines += ["None: the runs were read from per-run CSVs, which hold no curves.", ""]
+    for name in figures:
         heading, alt = FIGURE_HEADINGS[name]
         lines += [f"### {heading}", "", f"![{alt}]({name}.png)", ""]
     lines += [
