@@ -17,6 +17,7 @@ import analyze
 import train
 from outlier_lab.models.gpt import GPT
 from tests.helpers import CONFIGS, TINY, compose_train, read_metric
+from tests.probe_figures import capture_saved_figures, check_probe_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = ("outliers/attn/sink_rate", "outliers/act/avg_kurtosis", "outliers/act/max_inf_norm",
@@ -31,7 +32,8 @@ def compose_analyze(out, *overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bos", [False, True], ids=["nobos", "bos"])
-def test_analyze_a_checkpoint_gives_the_monitors_last_probe(tmp_path, corpus_glob, cache_dir, bos):
+def test_analyze_a_checkpoint_gives_the_monitors_last_probe(tmp_path, corpus_glob, cache_dir, bos, monkeypatch):
+    saved = capture_saved_figures(monkeypatch)
     run = tmp_path / "run"
     cfg = compose_train(run, *TINY, "data=text_files", f"data.corpus.paths=[{corpus_glob}]", f"data.bos={bos}",
                         "trainer.max_steps=20", "trainer.val_check_interval=20", "eval.compression=[]",
@@ -45,7 +47,8 @@ def test_analyze_a_checkpoint_gives_the_monitors_last_probe(tmp_path, corpus_glo
         logged = read_metric(run, key)[20]  # the monitor's probe at the end of training
         assert values[key] == pytest.approx(logged, rel=1e-5, abs=1e-7), key
         assert written[key] == pytest.approx(values[key])
-    assert (tmp_path / "analysis" / "plots" / "attention_maps.png").stat().st_size > 5000
+    assert (tmp_path / "analysis" / "plots" / "attention_maps.png").is_file()
+    check_probe_figures(saved[-1], values, n_layer=cfg.model.n_layer)
 
 
 def nanogpt_checkpoint(tmp_path, vocab_size=256):
