@@ -70,3 +70,17 @@ def test_a_file_that_is_not_a_per_run_csv_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().out
     assert "not a per-run CSV" in err and "Traceback" not in err
     assert report.main([str(tmp_path / "missing.csv")]) == 1
+
+
+def test_any_logged_column_can_be_kept_and_a_resumed_runs_later_row_wins(tmp_path):
+    """--last reads metrics.csv itself: a column the report never draws is kept too, and a step
+    logged twice (a run resumed from a checkpoint) takes its later value."""
+    sweep = make_sweep(tmp_path)
+    runs = [r for r in report.load_runs([sweep]) if r.complete]
+    path = runs[0].path / "metrics.csv"
+    frame = pd.read_csv(path)
+    frame["outliers/domain/dormant/scale/layer_0"] = [0.5 if s == 99 else float("nan") for s in frame.step]
+    resumed = pd.DataFrame({"step": [80, 99], "outliers/domain/dormant/scale/layer_0": [0.9, 0.25]})
+    pd.concat([frame, resumed]).to_csv(path, index=False)
+    row = runs_frame(runs[:1], last=["outliers/domain/*/layer_0"]).iloc[0]
+    assert row[LAST + "outliers/domain/dormant/scale/layer_0"] == 0.25

@@ -161,13 +161,14 @@ def read_summary(run: Run) -> None:
         run.problems.append("summary.json has no final val loss (unfinished)")
 
 
-def read_metrics_csv(path: Path) -> pd.DataFrame:
-    """The wanted columns of a Lightning metrics.csv as numbers, one row per step (sorted):
-    a resumed run logs some steps twice, and per column the later non-empty value wins.
-    Cells that are not numbers are empty (NaN), as are rows without a usable step."""
+def read_metrics_csv(path: Path, wanted=is_curve) -> pd.DataFrame:
+    """The wanted columns (default: the curves the report draws) of a Lightning metrics.csv as
+    numbers, one row per step (sorted): a resumed run logs some steps twice, and per column the
+    later non-empty value wins. Cells that are not numbers are empty (NaN), as are rows without
+    a usable step."""
     try:
         frame = pd.read_csv(path, dtype=str, encoding="utf-8", encoding_errors="replace",
-                            usecols=lambda key: key == "step" or is_curve(key))
+                            usecols=lambda key: key == "step" or wanted(key))
     except pd.errors.EmptyDataError:  # an empty file: no header, no rows
         return pd.DataFrame()
     if "step" not in frame:

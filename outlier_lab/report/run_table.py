@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from outlier_lab.report.load import Run, number
+from outlier_lab.report.load import Run, number, read_metrics_csv
 
 IDENTITY = ["run", "variant", "model", "seed", "max_steps", "steps_done", "tokens_done", "failed", "overrides"]
 LAST = "last/"  # prefix of the columns that hold a curve's last value: last/<metrics.csv key>
@@ -37,8 +37,7 @@ def runs_frame(runs: list[Run], last: list[str] = ()) -> pd.DataFrame:
                "max_steps": run.max_steps, "steps_done": run.steps_done, "tokens_done": run.tokens_done,
                "failed": run.failed, "overrides": json.dumps(run.overrides, sort_keys=True)}
         row.update({key: number(value) for key, value in run.summary.items() if number(value) is not None})
-        row.update({LAST + key: float(values[-1]) for key, (_, values) in run.curves.items()
-                    if len(values) and any(fnmatch(key, pattern) for pattern in last)})
+        row.update(last_values(run, last))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=IDENTITY) if not rows else pd.DataFrame(rows)
     others = sorted(c for c in frame.columns if c not in IDENTITY and not c.startswith(LAST))
@@ -46,6 +45,16 @@ def runs_frame(runs: list[Run], last: list[str] = ()) -> pd.DataFrame:
     frame = frame[IDENTITY + others + lasts]
     return frame.sort_values(["variant", "overrides", "seed", "run"], key=lambda s: s.astype(str),
                              ignore_index=True)
+
+
+def last_values(run: Run, patterns: list[str]) -> dict[str, float]:
+    """``last/KEY`` -> the value at the last step of each metrics.csv column matching a glob, read
+    from the file itself: any logged column can be chosen, not only the curves the report draws."""
+    path = run.path / "metrics.csv"
+    if not patterns or not path.is_file():
+        return {}
+    frame = read_metrics_csv(path, wanted=lambda key: any(fnmatch(key, p) for p in patterns))
+    return {LAST + key: float(logged.iloc[-1]) for key, column in frame.items() if len(logged := column.dropna())}
 
 
 def write_runs_csv(runs: list[Run], path: Path, last: list[str] = ()) -> Path:
