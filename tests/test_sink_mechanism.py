@@ -41,6 +41,22 @@ def test_the_recipe_composes():
     assert cfg.hydra.sweeper.params.attention == "glob(*,exclude=differential)"
 
 
+def test_the_replication_is_the_recipe_with_ten_seeds_of_the_bistable_variants():
+    def composed(experiment):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return compose(config_name="train", overrides=["paths.output_dir=/tmp/x", f"+experiment={experiment}"],
+                           return_hydra_config=True)
+
+    mechanism, replication = composed("sink_mechanism"), composed("sink_replication")
+    params = replication.hydra.sweeper.params
+    assert params.seed == "range(0,10)"
+    assert params.attention.split(",") == ["softmax", "attn_bias", "softmax1", "sink", "explicit_scale", "gated_g1"]
+    assert replication.hydra.launcher == mechanism.hydra.launcher
+    for cfg in (mechanism, replication):  # every setting of a run is the recipe's
+        del cfg.hydra
+    assert replication == mechanism
+
+
 @pytest.mark.slow
 def test_the_parallel_sweep_completes_its_jobs_and_survives_a_failure(tmp_path):
     """softmax and explicit_scale complete in two worker processes; differential with one head

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
-from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from outlier_lab.report.compare import Comparison, compare, correct  # noqa: E402
+from outlier_lab.report.stats import clopper_pearson  # noqa: E402
+from outlier_lab.report.table import Cell, Column  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,14 +44,14 @@ SUMMARY = {"val": "convergence/final_val_loss", "dormant_share": "outliers/domai
            "kurtosis": "outliers/act/avg_kurtosis", "excess_dormant": "outliers/domain/dormant/excess_loss",
            "excess_active": "outliers/domain/active/excess_loss", "w8a8": "compress/w8a8/ppl_ratio"}
 LAST = {"value_drain": "outliers/attn/value_drain/layer_0", "residual_peak": "outliers/act/residual_peak/layer_0"}
-TESTED = ["dormant_share", "dormant_sink_rate", "top1_median", "kurtosis", "value_drain", "val"]
 JORDAN = "muon original lr 0.02"
 ORDER = ["adamw", "muon", JORDAN, "orthoadam", "sgd lr 0.1", "sgd lr 0.3"]
 NAMES = {"adamw": "AdamW", "muon": "Muon (Moonlight)", JORDAN: "Muon (Jordan)", "orthoadam": "OrthoAdam",
          "sgd lr 0.1": "SGD lr 0.1", "sgd lr 0.3": "SGD lr 0.3"}
 ATTENTIONS = ["softmax", "explicit_scale", "attn_bias"]
 # The table's columns: (CSV column, decimals, heading).
-TABLE = [("val", 3, "val loss"), ("dormant_share", 2, "dormant share"), ("dormant_sink_rate", 2, "dormant sink rate"),
+TABLE = [("val", 3, "val loss"), ("dormant_share", 2, "dormant share"),
+         ("dormant_sink_rate", 2, "seeds with a sink [95% CI]"),
          ("top1_median", 1, "top1/median"), ("kurtosis", 2, "kurtosis"), ("value_drain", 2, "value drain")]
 SINK = 0.5  # a seed "forms a dormant sink" when its dormant sink rate exceeds this
 
@@ -87,33 +93,95 @@ def pick(frame: pd.DataFrame, attention: str, optim: str) -> pd.DataFrame:
     return frame[(frame.attention == attention) & (frame.optim == optim)]
 
 
-def welch(x: pd.DataFrame, y: pd.DataFrame) -> dict[str, float]:
-    return {c: round(float(stats.ttest_ind(x[c], y[c], equal_var=False).pvalue), 4) for c in TESTED}
+def optimizers(frame: pd.DataFrame) -> list[str]:
+    return [o for o in ORDER if o in set(frame.optim)]
 
 
-def cell(values: pd.Series, decimals: int, marks: str) -> str:
-    text = "0" if (values == 0).all() else f"{values.mean():.{decimals}f} ± {values.std():.{decimals}f}"
-    return f"{text} {marks}" if marks else text
+def column(name: str) -> Column:
+    """The table's column of a CSV column: the sink rate is the declared yes/no outcome (a
+    seed forms a sink when its dormant sink rate exceeds SINK), every other one a value."""
+    return Column(name, name, binary_above=SINK if name == "dormant_sink_rate" else None)
+
+
+def cell(frame: pd.DataFrame, attention: str, optim: str, name: str) -> Cell:
+    values = pick(frame, attention, optim)[name].astype(float).tolist()
+    return Cell(values, len(values), binary_above=column(name).binary_above)
+
+
+def comparisons(frame: pd.DataFrame) -> dict[tuple[str, str, str, str], Comparison]:
+    """(attention, optimizer, column, against) -> the column's test of that cell against the
+    same attention under AdamW (against "ᵃ") and against softmax under the same optimizer
+    ("ˢ"), Holm-corrected over all of them: the table's family."""
+    tests = {}
+    for attention in ATTENTIONS:
+        for optim in optimizers(frame):
+            against = {"ᵃ": (attention, "adamw"), "ˢ": ("softmax", optim)}
+            for mark, (base_attention, base_optim) in against.items():
+                if (base_attention, base_optim) == (attention, optim):
+                    continue
+                for name, *_ in TABLE:
+                    tests[attention, optim, name, mark] = compare(column(name), cell(frame, attention, optim, name),
+                                                                  cell(frame, base_attention, base_optim, name))
+    correct(list(tests.values()))
+    return tests
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """The table of docs/mechanism.md: ᵃ p < 0.05 against AdamW with the same attention, ˢ p < 0.05
-    against softmax with the same optimizer (Welch); the last column counts seeds with a sink."""
-    lines = ["| attention | optimizer | " + " | ".join(h for _, _, h in TABLE) + " | seeds with a sink |",
-             "|---|---|" + "---|" * (len(TABLE) + 1)]
+    """The table of docs/mechanism.md: mean ± std per cell (seeds with a sink: k/n with the
+    Clopper-Pearson 95% interval); ᵃ: Holm-corrected p < 0.05 against AdamW with the same
+    attention, ˢ: against softmax with the same optimizer."""
+    tests = comparisons(frame)
+    lines = ["| attention | optimizer | " + " | ".join(h for _, _, h in TABLE) + " |",
+             "|---|---|" + "---|" * len(TABLE)]
     for attention in ATTENTIONS:
-        for optim in [o for o in ORDER if o in set(frame.optim)]:
-            own = pick(frame, attention, optim)
-            against = {"ᵃ": pick(frame, attention, "adamw") if optim != "adamw" else None,
-                       "ˢ": pick(frame, "softmax", optim) if attention != "softmax" else None}
+        for optim in optimizers(frame):
             cells = []
-            for column, decimals, _ in TABLE:
-                marks = "".join(mark for mark, other in against.items() if other is not None
-                                and stats.ttest_ind(own[column], other[column], equal_var=False).pvalue < 0.05)
-                cells.append(cell(own[column], decimals, marks))
-            sinks = f"{int((own.dormant_sink_rate > SINK).sum())}/{len(own)}"
-            lines.append(f"| {attention} | {NAMES.get(optim, optim)} | " + " | ".join(cells) + f" | {sinks} |")
-    return "\n".join(lines)
+            for name, decimals, _ in TABLE:
+                marks = "".join(mark for mark in ("ᵃ", "ˢ") if (c := tests.get((attention, optim, name, mark)))
+                                and c.mark)
+                cells.append(shown(cell(frame, attention, optim, name), decimals) + (f" {marks}" if marks else ""))
+            lines.append(f"| {attention} | {NAMES.get(optim, optim)} | " + " | ".join(cells) + " |")
+    tested = [c for c in tests.values() if c.tested]
+    untested = len(tests) - len(tested)
+    return "\n".join(lines + ["", f"Holm's family: the {len(tested)} comparisons of this table with a p-value "
+                              f"(every cell against AdamW with the same attention and against softmax with the same "
+                              f"optimizer; Welch's t-test, Fisher's exact test for the seeds with a sink); "
+                              f"{untested} comparisons have no test (neither side varies)."])
+
+
+def shown(values: Cell, decimals: int) -> str:
+    if values.binary_above is not None:
+        low, high = clopper_pearson(values.yes, values.n)
+        return f"{values.yes}/{values.n} [{low:.2f}, {high:.2f}]"
+    series = pd.Series(values.values)
+    return "0" if (series == 0).all() else f"{series.mean():.{decimals}f} ± {series.std():.{decimals}f}"
+
+
+def jordan_table(frame: pd.DataFrame) -> str:
+    """Muon with Jordan's step-size rule against Moonlight's, per attention: the table's own
+    Holm family over its tests."""
+    names = [("dormant_share", 2), ("dormant_sink_rate", 2), ("val", 3)]
+    tests = {(a, n): compare(column(n), cell(frame, a, JORDAN, n), cell(frame, a, "muon", n))
+             for a in ATTENTIONS for n, _ in names}
+    correct(list(tests.values()))
+
+    def p(c: Comparison) -> str:
+        return "no variance" if not c.tested else f"p = {c.p:.2g}, Holm {c.p_holm:.2g}"
+
+    lines = ["| attention | dormant share, Jordan against Moonlight | seeds with a sink | final val loss |",
+             "|---|---|---|---|"]
+    for attention in ATTENTIONS:
+        parts = [f"{shown(cell(frame, attention, JORDAN, n), d)} against {shown(cell(frame, attention, 'muon', n), d)} "
+                 f"({p(tests[attention, n])})" for n, d in names]
+        lines.append(f"| {attention} | " + " | ".join(parts) + " |")
+    tested = sum(c.tested for c in tests.values())
+    return "\n".join(lines + ["", f"Welch's t-test, Fisher's exact test for the seeds with a sink; Holm's family: "
+                              f"the {tested} comparisons of this table with a p-value."])
+
+
+def tables() -> dict[str, str]:
+    frame = merged([])
+    return {"optimizers": markdown(frame), "jordan": jordan_table(frame)}
 
 
 def figure(frame: pd.DataFrame, path: Path) -> None:
@@ -143,20 +211,12 @@ def main() -> None:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 20)
     print((cells.mean().round(3).astype(str) + " ± " + cells.std().round(3).astype(str)).assign(n=cells.size()))
-    print("\n" + markdown(frame))
-    order = [o for o in ORDER if o in set(frame.optim)]
-    print("\nWelch p, each optimizer against adamw, same attention:")
-    for attention in ATTENTIONS:
-        for optim in order[1:]:
-            print(f"  {attention:15} {optim:21}", welch(pick(frame, attention, optim), pick(frame, attention, "adamw")))
-    print("\nWelch p, against softmax, same optimizer:")
-    for optim in order:
-        for attention in ATTENTIONS[1:]:
-            print(f"  {optim:21} {attention:15}", welch(pick(frame, attention, optim), pick(frame, "softmax", optim)))
-    if JORDAN in order:
-        print("\nWelch p, Muon with Jordan's step-size rule against Muon with Moonlight's, same attention:")
-        for attention in ATTENTIONS:
-            print(f"  {attention:15}", welch(pick(frame, attention, JORDAN), pick(frame, attention, "muon")))
+    print("\n" + markdown(frame) + "\n\n" + jordan_table(frame))
+    print("\nEvery comparison, p (Holm p):")
+    for (attention, optim, name, mark), c in comparisons(frame).items():
+        against = "AdamW" if mark == "ᵃ" else "softmax"
+        print(f"  {attention:15} {optim:21} {name:18} against {against:8}",
+              "no variance" if not c.tested else f"{c.p:.4f} ({c.p_holm:.4f}){' ' + c.mark if c.mark else ''}")
     figure(frame, HERE / "optimizers.png")
 
 
