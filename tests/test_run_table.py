@@ -84,3 +84,22 @@ def test_any_logged_column_can_be_kept_and_a_resumed_runs_later_row_wins(tmp_pat
     pd.concat([frame, resumed]).to_csv(path, index=False)
     row = runs_frame(runs[:1], last=["outliers/domain/*/layer_0"]).iloc[0]
     assert row[LAST + "outliers/domain/dormant/scale/layer_0"] == 0.25
+
+
+def test_a_sweeps_cost_spans_its_first_config_to_its_last_summary(tmp_path):
+    import os
+
+    from outlier_lab.report.run_table import sweep_cost
+
+    sweep = make_sweep(tmp_path)
+    runs = report.load_runs([sweep])
+    for i, path in enumerate(sorted(sweep.glob("*/*/.hydra/config.yaml"))):
+        os.utime(path, (1000 + i, 1000 + i))
+    for i, path in enumerate(sorted(sweep.glob("*/*/summary.json"))):
+        os.utime(path, (1500 + 60 * i, 1500 + 60 * i))
+    for run in runs:
+        run.summary["convergence/train_seconds"] = 10.0 if run.variant == "softmax" else 20.0
+    cost = sweep_cost(sweep / "2026-11-23", [r for r in runs])
+    assert cost["wall_s"] == 1500 + 60 * 3 - 1000  # 4 summaries (the crashed run has none), 5 configs
+    assert (cost["jobs"], cost["complete"]) == (5, 4)
+    assert cost["train_s_mean"] == pytest.approx((3 * 10 + 2 * 20) / 5)

@@ -2,7 +2,9 @@
 committed per-run CSVs in docs/mechanism/runs/ (one per sweep of replication.sh).
 
     docs/mechanism/replication.sh TINYSHAKESPEARE_TXT                      # the sweeps (resumable)
-    python docs/mechanism/mechanism_study.py collect outputs/sweeps/replication  # their per-run CSVs
+    python train.py -m +experiment=sink_optimizers attention=softmax seed=0 optim=sgd \
+        optim.lr=0.03,0.1,0.3,1.0 optim.min_lr=0.003 hydra.sweep.dir=outputs/sweeps/replication_extra/sgd_lr
+    python docs/mechanism/mechanism_study.py collect outputs/sweeps/replication outputs/sweeps/replication_extra
     python docs/mechanism/mechanism_study.py                               # the tables and the figure
 
 The tables are built with the report's own cells and tests (``outlier_lab.report``): a yes/no
@@ -15,6 +17,8 @@ each table into the doc; tests/test_doc_tables.py fails when the doc and this sc
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from outlier_lab.report.compare import Comparison, compare, correct  # noqa: E40
 from outlier_lab.report.declarations import column_metrics  # noqa: E402
 from outlier_lab.report.load import Run, load_runs  # noqa: E402
 from outlier_lab.report.render import format_cell  # noqa: E402
-from outlier_lab.report.run_table import LAST, read_runs_csv, write_runs_csv  # noqa: E402
+from outlier_lab.report.run_table import LAST, read_runs_csv, sweep_cost, write_runs_csv  # noqa: E402
 from outlier_lab.report.table import Cell, Column, Group, baseline_for, group_runs, make_cell  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -36,14 +40,23 @@ FIGURE = HERE / "sink_per_seed.png"
 TEXTS = ("stdlib", "tinyshakespeare")  # data.source: null (the stdlib) or a file, named by its stem
 WITH_BOS = ("", "others_", "differential_")  # the sweeps with BOS, per text: <prefix><text sweep>
 TEXT_SWEEP = {"stdlib": "stdlib", "tinyshakespeare": "shakespeare"}
+REPLICATION = ["stdlib", "shakespeare", "others_stdlib", "others_shakespeare", "differential_stdlib",
+               "differential_shakespeare", "nobos_stdlib", "nobos_shakespeare"]  # replication.sh's sweeps, in order
 BISTABLE = ["softmax", "attn_bias", "softmax1", "sink", "explicit_scale", "gated_g1"]  # 10 seeds each
 ORDER = BISTABLE[:1] + ["v_bias", "ca_bias"] + BISTABLE[1:] + ["gated", "sigmoid", "clipped_softmax", "softpick",
                                                                "scalable_softmax", "differential"]
 # the last probe's values kept per run: value drain, residual peak, and every per-domain value
 # of the one layer (the variants' own per-query values among them: S(x), the gates)
-LAST_CURVES = ["outliers/attn/value_drain/layer_0", "outliers/act/residual_peak/layer_0", "outliers/domain/*/layer_0"]
+LAST_CURVES = ["outliers/attn/value_drain/layer_0", "outliers/act/residual_peak/layer_0", "outliers/domain/*/layer_0",
+               "outliers/attn/outlier_keys*"]
 CURVES = ["outliers/domain/dormant/first_token_share", "outliers/domain/dormant/sink_rate"]
 SINK_RATE = "outliers/domain/dormant/sink_rate"
+# The attention maps shown in the page, as the monitor drew them at the end of a run:
+# (sweep, variant, seed) -> the page's PNG
+MAPS = {("stdlib", "softmax", 0): "attention_softmax_s0.png",
+        ("stdlib", "explicit_scale", 0): "attention_explicit_scale_s0.png",
+        ("shakespeare", "explicit_scale", 1): "attention_explicit_scale_tinyshakespeare_s1.png",
+        ("nobos_stdlib", "softmax", 0): "attention_softmax_nobos_s0.png"}
 STAR = "\\*"  # a significance star, escaped for Markdown
 # The tables' columns: (key, heading). A key of the summary, or LAST + a metrics.csv curve.
 MAIN = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_over_median/max", "top1/median"),
@@ -55,30 +68,23 @@ MAIN = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_ov
 NOBOS = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_over_median/max", "top1/median"),
          ("outliers/domain/dormant/first_token_share", "first-token share (dormant)"),
          ("outliers/domain/dormant/null_mass", "null mass (dormant)"),
-         ("outliers/attn/outlier_keys", "attention-outlier keys"), (SINK_RATE, "seeds with a dormant sink [95% CI]")]
+         (LAST + "outliers/attn/outlier_keys", "attention-outlier keys"), (SINK_RATE, "seeds with a dormant sink [95% CI]")]
 
 
 # --- the per-run CSVs ---------------------------------------------------------------------
 
-def sweep_cost(sweep: Path, runs: list[Run]) -> dict:
-    """A sweep's wall time, from its files: the first job's config written to the last job's
-    summary (a resumed sweep: the span of its last writes), and its jobs' training seconds."""
-    starts = [p.stat().st_mtime for p in sweep.glob("*/.hydra/config.yaml")]
-    ends = [p.stat().st_mtime for p in sweep.glob("*/summary.json")]
-    train = [r.value("convergence/train_seconds") for r in runs if r.value("convergence/train_seconds")]
-    return {"sweep": sweep.name, "jobs": len(runs), "complete": sum(r.complete for r in runs),
-            "wall_s": round(max(ends) - min(starts)), "train_s_mean": round(sum(train) / len(train), 1)}
-
-
-def collect(root: Path) -> None:
-    """The per-run CSV of every sweep of replication.sh under root, the curves of the figure
-    (one row per run and probe step) and each sweep's cost."""
+def collect(roots: list[Path]) -> None:
+    """The per-run CSV of every sweep under the roots (replication.sh's, and the SGD lr search's),
+    the curves of the figure (one row per run and probe step) and each sweep's cost."""
     curves, costs = [], []
-    for sweep in sorted(p for p in root.iterdir() if p.is_dir()):
+    for sweep in sorted((p for root in roots for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
         runs = load_runs([sweep])
         print(f"{sweep.name}: {len(runs)} runs, {sum(r.complete for r in runs)} complete")
         write_runs_csv(runs, RUNS / f"{sweep.name}.csv", LAST_CURVES)
         costs.append(sweep_cost(sweep, runs))
+        for run in runs:
+            if (name := MAPS.get((sweep.name, run.variant, run.seed))) is not None:
+                shutil.copyfile(run.path / "plots" / "attention_maps.png", HERE / name)
         for run in runs:
             steps = sorted({int(s) for key in CURVES if key in run.curves for s in run.curves[key][0]})
             frame = pd.DataFrame({"sweep": sweep.name, "variant": run.variant, "seed": run.seed, "step": steps})
@@ -90,8 +96,21 @@ def collect(root: Path) -> None:
     pd.DataFrame(costs).to_csv(RUNS / "costs.csv", index=False)
 
 
+def sgd_lr_table() -> str:
+    """The SGD learning-rate search on softmax, seed 0 (descriptive: one run per lr)."""
+    runs = pd.read_csv(RUNS / "sgd_lr.csv").to_dict("records")
+    for run in runs:
+        run["lr"] = json.loads(run["overrides"])["optim.lr"]
+    lines = ["| SGD lr (min_lr 0.003) | final val loss | first-token share (dormant) |", "|---|---|---|"]
+    for run in sorted(runs, key=lambda r: float(r["lr"])):
+        lines.append(f"| {run['lr']} | {run['convergence/final_val_loss']:.3f} "
+                     f"| {run['outliers/domain/dormant/first_token_share']:.2f} |")
+    return "\n".join(lines)
+
+
 def cost_table() -> str:
-    costs = pd.read_csv(RUNS / "costs.csv")
+    costs = pd.read_csv(RUNS / "costs.csv").set_index("sweep")
+    costs = costs.loc[[name for name in REPLICATION if name in costs.index]].reset_index()
     lines = ["| sweep | jobs | complete | wall time | training per job (mean) |", "|---|---|---|---|---|"]
     for row in costs.itertuples():
         lines.append(f"| {row.sweep} | {row.jobs} | {row.complete} | {row.wall_s // 60} min {row.wall_s % 60} s "
@@ -190,7 +209,7 @@ def main_table() -> str:
 
 
 def nobos_table() -> str:
-    return variant_table([f"nobos_{TEXT_SWEEP[text]}" for text in TEXTS], NOBOS)
+    return variant_table([f"nobos_{TEXT_SWEEP[source]}" for source in TEXTS], NOBOS)
 
 
 def sink_probability_table() -> str:
@@ -204,21 +223,23 @@ def sink_probability_table() -> str:
     for variant in BISTABLE:
         first, second = (cells[by[variant, t].label, col.key] for t in TEXTS)
         between[variant] = compare(col, second, first)
-        for text in TEXTS:
+        for source in TEXTS:
             if variant != "softmax":
-                cell = cells[by[variant, text].label, col.key]
-                cell.comparison = compare(col, cell, cells[by["softmax", text].label, col.key])
+                cell = cells[by[variant, source].label, col.key]
+                cell.comparison = compare(col, cell, cells[by["softmax", source].label, col.key])
     correct([c.comparison for c in cells.values() if c.comparison is not None] + list(between.values()))
 
     def p(c: Comparison) -> str:
         return "—" if c is None else f"{c.p:.2g} ({min(c.p_holm, 1):.2g}){STAR * len(c.mark)}"
 
     heads = [f"{t}: seeds with a sink [95% CI]" for t in TEXTS] + [f"{t}: against softmax, p (Holm)" for t in TEXTS]
-    lines = ["| variant | " + " | ".join(heads) + " | the texts against each other, p (Holm) |", "|" + "---|" * 6]
+    lines = ["| variant | " + " | ".join(heads) + " | the texts against each other, p (Holm) "
+             "| both texts: seeds with a sink [95% CI] |", "|" + "---|" * 7]
     for variant in BISTABLE:
         texts = [cells[by[variant, t].label, col.key] for t in TEXTS]
+        both = Cell([v for c in texts for v in c.values], sum(c.expected for c in texts), binary_above=col.binary_above)
         lines.append(f"| {variant} | " + " | ".join(format_cell(c) for c in texts) + " | "
-                     + " | ".join(p(c.comparison) for c in texts) + f" | {p(between[variant])} |")
+                     + " | ".join(p(c.comparison) for c in texts) + f" | {p(between[variant])} | {format_cell(both)} |")
     n = sum(c.comparison is not None for c in cells.values()) + len(between)
     return "\n".join(lines + ["", f"A seed forms a sink when its dormant sink rate exceeds 0.5. Fisher's exact "
                               f"test; Holm's family: these {n} comparisons; \\* / \\*\\*: Holm-corrected p < 0.05 / 0.01."])
@@ -246,7 +267,7 @@ def heads_table() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"cost": cost_table, "sink_probability": sink_probability_table, "main": main_table, "heads": heads_table,
+TABLES = {"cost": cost_table, "sgd_lr": sgd_lr_table, "sink_probability": sink_probability_table, "main": main_table, "heads": heads_table,
           "nobos": nobos_table}
 
 
@@ -289,7 +310,7 @@ def per_seed_figure(path: Path = FIGURE):
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["collect"]:
-        collect(Path(argv[1]))
+        collect([Path(a) for a in argv[1:]])
         return
     for name, table in tables().items():
         print(f"## {name}\n\n{table}\n")

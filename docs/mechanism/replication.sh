@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every sweep of docs/mechanism.md's replication, in order, into fixed directories, so that
 # running it again resumes: a finished job is read back from its last.ckpt, an interrupted
-# one continues from it. Then the per-run CSVs the doc's tables are generated from.
+# one continues from it.
 #   docs/mechanism/replication.sh /path/to/tinyshakespeare.txt [OUT]    # OUT: outputs/sweeps/replication
-# Then: python docs/mechanism/mechanism_study.py   (prints every table of docs/mechanism.md)
+# Then: python docs/mechanism/mechanism_study.py collect OUT OUT_extra   (the per-run CSVs), and
+#       python docs/mechanism/mechanism_study.py   (every table and the figure of docs/mechanism.md)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TEXT=$(realpath "${1:?usage: replication.sh TINYSHAKESPEARE_TXT [OUT]}")
@@ -31,3 +32,6 @@ sweep differential_shakespeare +experiment=sink_mechanism attention=differential
 # 3. Without a BOS token, 3 seeds, on both texts.
 sweep nobos_stdlib +experiment=sink_mechanism attention=$NOBOS seed=0,1,2 data.bos=false
 sweep nobos_shakespeare +experiment=sink_mechanism attention=$NOBOS seed=0,1,2 data.bos=false data.source="$TEXT"
+# 4. The SGD learning-rate search of the optimizer study (softmax, seed 0), into OUT_extra.
+OUT=${OUT}_extra sweep sgd_lr +experiment=sink_optimizers attention=softmax seed=0 optim=sgd \
+    optim.lr=0.03,0.1,0.3,1.0 optim.min_lr=0.003

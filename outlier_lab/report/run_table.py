@@ -63,6 +63,18 @@ def write_runs_csv(runs: list[Run], path: Path, last: list[str] = ()) -> Path:
     return path
 
 
+def sweep_cost(sweep: Path, runs: list[Run]) -> dict:
+    """A sweep's jobs, complete runs, wall time and mean training seconds per job. The wall
+    time comes from its files: the first job's config to the last job's summary (for a
+    resumed sweep, the span of its last writes)."""
+    starts = [p.stat().st_mtime for p in sweep.glob("*/.hydra/config.yaml")]
+    ends = [p.stat().st_mtime for p in sweep.glob("*/summary.json")]
+    train = [t for r in runs if (t := r.value("convergence/train_seconds")) is not None]
+    return {"sweep": sweep.name, "jobs": len(runs), "complete": sum(r.complete for r in runs),
+            "wall_s": round(max(ends) - min(starts)) if starts and ends else None,
+            "train_s_mean": round(sum(train) / len(train), 1) if train else None}
+
+
 def _optional(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
