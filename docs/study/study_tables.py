@@ -25,12 +25,14 @@ sys.path.insert(0, str(ROOT))
 from outlier_lab.report.load import load_runs  # noqa: E402
 from outlier_lab.report.notes import significance_notes  # noqa: E402
 from outlier_lab.report.render import markdown_table  # noqa: E402
-from outlier_lab.report.run_table import LAST, read_runs_csv, write_runs_csv  # noqa: E402
+from outlier_lab.report.run_table import LAST, read_runs_csv, sweep_cost, write_runs_csv  # noqa: E402
 from outlier_lab.report.table import build_table, group_runs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CSV = HERE / "runs.csv"
-LAST_CURVES = ["outliers/attn/value_drain_min/layer_*", "outliers/act/residual_peak/layer_*"]
+COSTS = HERE / "costs.csv"
+LAST_CURVES = ["outliers/attn/value_drain_min/layer_*", "outliers/act/residual_peak/layer_*",
+               "outliers/act/top_channel_*_share"]
 CLASSES = ("initial", "strong", "weak", "other")  # the token classes of the top channel's share
 SPREAD = {"final val loss": "convergence/final_val_loss", "W8A8 ppl ratio": "compress/w8a8/ppl_ratio",
           "avg kurtosis": "outliers/act/avg_kurtosis", "first-token share": "outliers/attn/first_token_share/max",
@@ -41,9 +43,14 @@ def collect(sweep: Path) -> None:
     runs = load_runs([sweep])
     print(f"{sweep}: {len(runs)} runs, {sum(r.complete for r in runs)} complete")
     write_runs_csv(runs, CSV, LAST_CURVES)
-    starts = [p.stat().st_mtime for p in sweep.glob("*/.hydra/config.yaml")]
-    ends = [p.stat().st_mtime for p in sweep.glob("*/summary.json")]
-    print(f"wall time, first config to last summary: {max(ends) - min(starts):.0f} s")
+    pd.DataFrame([sweep_cost(sweep, runs)]).to_csv(COSTS, index=False)
+
+
+def cost_line() -> str:
+    cost = pd.read_csv(COSTS).iloc[0]
+    wall = int(cost.wall_s)
+    return (f"{cost.jobs} jobs, {cost.complete} complete, in **{wall // 60} min {wall % 60} s** of wall time "
+            f"(two single-threaded jobs at a time); training took {cost.train_s_mean:.0f} s per job on average.")
 
 
 def frame() -> pd.DataFrame:
@@ -58,7 +65,7 @@ def results_table() -> str:
 
 def top_class(row) -> str:
     """The token class that holds at least half of the largest channel's big entries (— if none)."""
-    shares = {c: row.get(f"outliers/act/top_channel_{c}_share", np.nan) for c in CLASSES}
+    shares = {c: row.get(f"{LAST}outliers/act/top_channel_{c}_share", np.nan) for c in CLASSES}
     best = max(shares, key=lambda c: -1 if np.isnan(shares[c]) else shares[c])
     return best if shares[best] >= 0.5 else "—"
 
@@ -107,7 +114,7 @@ def spread_table() -> str:
 
 
 def tables() -> dict[str, str]:
-    return {"results": results_table(), "per_seed": per_seed_table(), "spread": spread_table()}
+    return {"cost": cost_line(), "results": results_table(), "per_seed": per_seed_table(), "spread": spread_table()}
 
 
 if __name__ == "__main__":
