@@ -1,5 +1,6 @@
 """The tables and the figure of docs/mechanism.md's study and its replication, from the
-committed per-run CSVs in docs/mechanism/runs/ (one per sweep of replication.sh).
+committed per-run CSVs in docs/mechanism/runs/ (one per sweep of replication.sh, written by
+collect_runs.py).
 
     docs/mechanism/replication.sh TINYSHAKESPEARE_TXT                      # the sweeps (resumable)
     python train.py -m +experiment=sink_optimizers attention=softmax seed=0 optim=sgd \
@@ -18,7 +19,6 @@ each table into the doc; tests/test_doc_tables.py fails when the doc and this sc
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,13 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 from outlier_lab.report.compare import Comparison, compare, correct  # noqa: E402
 from outlier_lab.report.declarations import column_metrics  # noqa: E402
-from outlier_lab.report.load import Run, load_runs  # noqa: E402
+from outlier_lab.report.load import Run  # noqa: E402
 from outlier_lab.report.render import format_cell  # noqa: E402
-from outlier_lab.report.run_table import LAST, read_runs_csv, sweep_cost, write_runs_csv  # noqa: E402
+from outlier_lab.report.run_table import LAST, read_runs_csv  # noqa: E402
 from outlier_lab.report.table import Cell, Column, Group, baseline_for, group_runs, make_cell  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collect_runs import CURVES, RUNS, VALUE_DRAIN, collect  # noqa: E402  (the sweeps read into docs/mechanism/runs)
+
 HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs"
 FIGURE = HERE / "sink_per_seed.png"
 TEXTS = ("stdlib", "tinyshakespeare")  # data.source: null (the stdlib) or a file, named by its stem
 WITH_BOS = ("", "others_", "differential_")  # the sweeps with BOS, per text: <prefix><text sweep>
@@ -45,18 +47,7 @@ REPLICATION = ["stdlib", "shakespeare", "others_stdlib", "others_shakespeare", "
 BISTABLE = ["softmax", "attn_bias", "softmax1", "sink", "explicit_scale", "gated_g1"]  # 10 seeds each
 ORDER = BISTABLE[:1] + ["v_bias", "ca_bias"] + BISTABLE[1:] + ["gated", "sigmoid", "clipped_softmax", "softpick",
                                                                "scalable_softmax", "differential"]
-# the last probe's values kept per run: value drain, residual peak, and every per-domain value
-# of the one layer (the variants' own per-query values among them: S(x), the gates)
-LAST_CURVES = ["outliers/attn/value_drain/layer_0", "outliers/act/residual_peak/layer_0", "outliers/domain/*/layer_0",
-               "outliers/attn/outlier_keys*"]
-CURVES = ["outliers/domain/dormant/first_token_share", "outliers/domain/dormant/sink_rate"]
 SINK_RATE = "outliers/domain/dormant/sink_rate"
-# The attention maps shown in the page, as the monitor drew them at the end of a run:
-# (sweep, variant, seed) -> the page's PNG
-MAPS = {("stdlib", "softmax", 0): "attention_softmax_s0.png",
-        ("stdlib", "explicit_scale", 0): "attention_explicit_scale_s0.png",
-        ("shakespeare", "explicit_scale", 1): "attention_explicit_scale_tinyshakespeare_s1.png",
-        ("nobos_stdlib", "softmax", 0): "attention_softmax_nobos_s0.png"}
 STAR = "\\*"  # a significance star, escaped for Markdown
 # The tables' columns: (key, heading). A key of the summary, or LAST + a metrics.csv curve.
 MAIN = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_over_median/max", "top1/median"),
@@ -64,36 +55,11 @@ MAIN = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_ov
         (SINK_RATE, "seeds with a dormant sink [95% CI]"),
         ("outliers/domain/active/excess_loss", "excess loss (active)"),
         ("outliers/domain/dormant/excess_loss", "excess loss (dormant)"),
-        (LAST + LAST_CURVES[0], "value drain ‖v₀‖/median"), ("compress/w8a8/ppl_ratio", "W8A8 ppl ratio")]
+        (LAST + VALUE_DRAIN, "value drain ‖v₀‖/median"), ("compress/w8a8/ppl_ratio", "W8A8 ppl ratio")]
 NOBOS = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_over_median/max", "top1/median"),
          ("outliers/domain/dormant/first_token_share", "first-token share (dormant)"),
          ("outliers/domain/dormant/null_mass", "null mass (dormant)"),
          (LAST + "outliers/attn/outlier_keys", "attention-outlier keys"), (SINK_RATE, "seeds with a dormant sink [95% CI]")]
-
-
-# --- the per-run CSVs ---------------------------------------------------------------------
-
-def collect(roots: list[Path]) -> None:
-    """The per-run CSV of every sweep under the roots (replication.sh's, and the SGD lr search's),
-    the curves of the figure (one row per run and probe step) and each sweep's cost."""
-    curves, costs = [], []
-    for sweep in sorted((p for root in roots for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
-        runs = load_runs([sweep])
-        print(f"{sweep.name}: {len(runs)} runs, {sum(r.complete for r in runs)} complete")
-        write_runs_csv(runs, RUNS / f"{sweep.name}.csv", LAST_CURVES)
-        costs.append(sweep_cost(sweep, runs))
-        for run in runs:
-            if (name := MAPS.get((sweep.name, run.variant, run.seed))) is not None:
-                shutil.copyfile(run.path / "plots" / "attention_maps.png", HERE / name)
-        for run in runs:
-            steps = sorted({int(s) for key in CURVES if key in run.curves for s in run.curves[key][0]})
-            frame = pd.DataFrame({"sweep": sweep.name, "variant": run.variant, "seed": run.seed, "step": steps})
-            for key in CURVES:
-                if key in run.curves:
-                    frame[key] = pd.Series(run.curves[key][1], index=run.curves[key][0].astype(int)).reindex(steps).values
-            curves.append(frame)
-    pd.concat(curves).to_csv(RUNS / "curves.csv", index=False, float_format="%.6g")
-    pd.DataFrame(costs).to_csv(RUNS / "costs.csv", index=False)
 
 
 def sgd_lr_table() -> str:
