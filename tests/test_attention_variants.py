@@ -330,6 +330,46 @@ def test_ca_bias_adds_its_slot_while_attn_bias_takes_it_from_the_keys():
     torch.testing.assert_close(rows["attn_bias"]["probs"].sum(-1), 1 - pi, rtol=0, atol=1e-10)
 
 
+def test_relu_divides_each_row_by_the_keys_its_query_sees(monkeypatch):
+    """Guo et al.'s p_ij = relu(s_ij) / (i + 1), by hand on T = 3, d = 1 (s_ij = q_i k_j):
+    q = (2, 1, 3), k = (1, -1, 2), v = (1, 2, 4) give the causal rows s = [2], [1, -1],
+    [3, -3, 6], so P = [2], [1/2, 0], [1, 0, 2], o = (2, 1/2, 9) and null mass (-1, 1/2, -2).
+    Dividing by T instead gives o = (2/3, 1/3, 9), by the row sum (a normalised relu)
+    o = (1, 1, 3), not at all o = (2, 1, 27). The chunked eager path (one query per chunk)
+    must give the same output."""
+    from outlier_lab.kernels import chunked
+
+    q, k, v = (torch.tensor(t, dtype=torch.float64) for t in ([2.0, 1, 3], [1.0, -1, 2], [1.0, 2, 4]))
+    probs = torch.tensor([[2, 0, 0], [1 / 2, 0, 0], [1, 0, 2]], dtype=torch.float64)
+    out = torch.tensor([2, 1 / 2, 9], dtype=torch.float64)
+    wrong = {"divided by T": torch.tensor([2 / 3, 1 / 3, 9]), "row-normalised": torch.tensor([1.0, 1, 3]),
+             "undivided": torch.tensor([2.0, 1, 27])}
+    torch.testing.assert_close(probs @ v, out)
+    for label, o in wrong.items():
+        assert (o.double() - out).abs().max() > 0.4, f"the hand case does not tell {label} apart"
+
+    # three heads of width 1: head 0 reads (q, k, v) from x's channels 0, 1, 2; heads 1, 2 get zeros
+    module = build_attention("relu", n_embd=3, n_head=3, block_size=3, backend="eager").double()
+    with torch.no_grad():
+        module.c_attn.weight.zero_()
+        module.c_attn.bias.zero_()
+        module.c_attn.weight[[0, 3, 6], [0, 1, 2]] = 1.0
+        module.c_proj.weight.copy_(torch.eye(3))
+        module.c_proj.bias.zero_()
+        x = torch.stack([q, k, v], dim=-1).unsqueeze(0)  # (1, T, 3)
+        module.probe = True
+        y = module(x)
+        torch.testing.assert_close(module.probe_out["probs"][0, 0], probs, rtol=0, atol=1e-12)
+        torch.testing.assert_close(module.probe_out["null_mass"][0, 0], torch.tensor([-1, 1 / 2, -2]).double(),
+                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(y[0, :, 0], out, rtol=0, atol=1e-12)
+        assert y[0, :, 1:].abs().max() == 0
+        module.probe = False
+        monkeypatch.setattr(chunked, "MIN_CHUNK", 1)  # T = 3 in three chunks of one query each
+        assert chunked.num_chunks(3) == 3
+        torch.testing.assert_close(module(x)[0, :, 0], out, rtol=0, atol=1e-12)
+
+
 # -- 7. fast path == eager --------------------------------------------------------------------
 
 

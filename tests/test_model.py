@@ -131,3 +131,36 @@ def test_tied_embeddings_and_shapes():
 def test_bad_model_config_fails_with_clear_message(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         GPT(**kwargs)
+
+
+def test_guo_block_options_build_a_relu_mlp_and_unit_embeddings_and_leave_the_default_as_it_was():
+    torch.manual_seed(0)
+    default = GPT(vocab_size=V, block_size=T_MAX, n_layer=L, n_head=H, n_embd=C)
+    torch.manual_seed(0)
+    spelled = GPT(vocab_size=V, block_size=T_MAX, n_layer=L, n_head=H, n_embd=C, mlp="gelu", init={"embedding_std": 0.02})
+    for (name, a), b in zip(default.state_dict().items(), spelled.state_dict().values()):
+        assert torch.equal(a, b), name  # the explicit defaults draw the same numbers, in the same order
+    torch.manual_seed(0)
+    guo = GPT(vocab_size=500, block_size=400, n_layer=L, n_head=H, n_embd=C, bias=False, mlp="relu",
+              init={"embedding_std": 1.0})
+    wte, wpe = guo.transformer.wte.weight, guo.transformer.wpe.weight
+    assert guo.lm_head.weight is wte  # still tied: the head is the N(0, 1) embedding
+    assert abs(wte.std().item() - 1.0) < 0.02 and abs(wpe.std().item() - 1.0) < 0.03
+    assert abs(guo.transformer.h[0].attn.c_attn.weight.std().item() - 0.02) < 0.002  # the Linears keep 0.02
+    assert guo.config["mlp"] == "relu" and guo.config["init"] == {"embedding_std": 1.0}
+    # the MLP computes c_proj(relu(c_fc(x))): negative pre-activations contribute nothing
+    mlp, x = guo.transformer.h[0].mlp, torch.randn(2, 3, C)
+    torch.testing.assert_close(mlp(x), F.linear(F.relu(F.linear(x, mlp.c_fc.weight)), mlp.c_proj.weight))
+    assert not torch.allclose(mlp(x), F.linear(F.gelu(F.linear(x, mlp.c_fc.weight)), mlp.c_proj.weight))
+    llama = GPT(vocab_size=V, block_size=T_MAX, n_layer=1, n_head=H, n_embd=C, style="llama", mlp="relu")
+    assert isinstance(llama.transformer.h[0].mlp.act, torch.nn.ReLU)  # mlp overrides the style's SwiGLU
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mlp="swish"), r"unknown model.mlp 'swish'; choose one of gelu, relu, swiglu"),
+    (dict(init={"embeding_std": 1.0}), r"unknown model.init keys \['embeding_std'\]; valid: embedding_std"),
+    (dict(init={"embedding_std": 0}), r"model.init.embedding_std=0: give a positive number"),
+])
+def test_bad_block_options_fail_with_the_valid_choices(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        GPT(vocab_size=V, block_size=T_MAX, n_layer=1, n_head=H, n_embd=C, **kwargs)

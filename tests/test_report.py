@@ -433,6 +433,10 @@ Each cell against its baseline. p: the column's test, uncorrected; Holm p: corre
 
 ![Outlier metrics vs step](outliers_vs_step.png)
 
+### Growth of the first-token residual peak
+
+![Residual-state peak vs step, log-log, per variant](peak_growth.png)
+
 ### Per-layer profile
 
 ![Per-layer top-1 and median |h|](layer_profile.png)

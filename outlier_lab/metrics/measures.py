@@ -50,6 +50,7 @@ class Probe:
            column="top1/median (max)", curve=True, panel=True, emergence=100.0),
     Metric("outliers/down/top1_over_median/max", "top1 / median at the FFN down-projection input",
            column="down-proj input top1/median", curve=True, panel=True),
+    Metric("outliers/act/max_abs/max", "largest |h| of the residual stream (max over layers)", curve=True),
 )
 def activation_outliers(probe: Probe) -> dict[str, float]:
     """Per-layer |h| statistics of the residual stream and the down-projection input, and
@@ -173,7 +174,8 @@ def _initial_or_other(keys: torch.Tensor) -> torch.Tensor:
     return positions
 
 
-@measure()
+@measure(Metric("outliers/act/residual_peak/max", "residual-state peak ||h_0|| / median ||h_j|| (max over layers)",
+                column="residual peak (max)", curve=True, panel=True))
 def extreme_tokens(probe: Probe) -> dict[str, float]:
     """Guo et al. 2024's three extreme-token phenomena on the first token, per layer: the
     attention sink (first_token_share, above), the value-state drain ||v_0|| / median_j ||v_j||
@@ -185,6 +187,8 @@ def extreme_tokens(probe: Probe) -> dict[str, float]:
         out[f"outliers/attn/value_drain/layer_{layer}"] = drain.mean().item()
         out[f"outliers/attn/value_drain_min/layer_{layer}"] = drain.min().item()
         out[f"outliers/act/residual_peak/layer_{layer}"] = A.norm_ratio_to_others(h).mean().item()
+    out["outliers/act/residual_peak/max"] = max(out[f"outliers/act/residual_peak/layer_{layer}"]
+                                                for layer in range(len(probe.result.residual)))
     return out
 
 

@@ -1,5 +1,9 @@
 """A nanoGPT-style GPT: pre-norm blocks, learned positions, GELU MLP, tied embeddings.
 ``style="llama"`` swaps in RMSNorm, rotary positions, a SwiGLU MLP and no biases.
+``mlp`` picks the MLP apart from the style (``relu``: Guo et al. 2024's 4x ReLU MLP), and
+``init.embedding_std`` the std of the token and position embeddings (Guo et al.: N(0, 1),
+PyTorch's default; GPT-2: 0.02), and ``tie_embeddings=False`` gives the output head its own
+weights (Guo et al.'s; then the head is an ordinary Linear, N(0, 0.02)).
 ``norm_scale="single"`` gives every norm (ln_1, ln_2, ln_f) one scalar gain instead of a
 per-channel one, and ``qk_norm=True`` RMS-normalises each head's q and k (outlier_lab/models/norms.py).
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -28,25 +33,47 @@ from torch.nn import functional as F
 from outlier_lab.models.attention import build_attention, get_attention_class
 from outlier_lab.models.attention.base import rope_tables
 from outlier_lab.models.norms import build_norm, check_norm_options
-from outlier_lab.errors import ConfigError
+from outlier_lab.errors import ConfigError, is_number
 
 
 STYLES = ("gpt2", "llama")
+MLPS = {"gelu": nn.GELU, "relu": nn.ReLU, "swiglu": None}  # None: SwiGLU, its own module
+STYLE_MLP = {"gpt2": "gelu", "llama": "swiglu"}  # each style's MLP when model.mlp is null
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """``model.init``: the initialisation choices that differ between the sources (GPT-2's
+    N(0, 0.02) everywhere; Guo et al.'s PyTorch defaults, N(0, 1) embeddings). Only the
+    declared keys: a misspelt one is an error, not GPT-2's default in disguise."""
+
+    embedding_std: float = 0.02  # token and position embeddings (the token one is also the tied head)
+
+    @classmethod
+    def from_mapping(cls, init: Mapping | None) -> InitConfig:
+        init = dict(init or {})
+        valid = [f.name for f in fields(cls)]
+        if unknown := sorted(set(init) - set(valid)):
+            raise ConfigError(f"unknown model.init keys {unknown}; valid: {', '.join(valid)}")
+        config = cls(**init)
+        if not (is_number(config.embedding_std) and config.embedding_std > 0):
+            raise ConfigError(f"model.init.embedding_std={config.embedding_std!r}: give a positive number")
+        return config
 
 
 class MLP(nn.Module):
-    """GPT-2's GELU MLP, 4x wide."""
+    """GPT-2's MLP, 4x wide: GELU (GPT-2) or ReLU (Guo et al. 2024's block)."""
 
-    def __init__(self, n_embd: int, bias: bool, dropout: float):
+    def __init__(self, n_embd: int, bias: bool, dropout: float, activation: str = "gelu"):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
+        self.act = MLPS[activation]()
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # the "down projection" of the outlier metrics
         self.act_out = nn.Identity()  # the hidden activation, for hooks (module docstring)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act_out(self.gelu(self.c_fc(x)))))
+        return self.dropout(self.c_proj(self.act_out(self.act(self.c_fc(x)))))
 
 
 class SwiGLU(nn.Module):
@@ -67,7 +94,8 @@ class SwiGLU(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, block_size: int, bias: bool, dropout: float, layer_idx: int,
-                 attention: Mapping, style: str = "gpt2", qk_norm: bool = False, norm_scale: str = "channel"):
+                 attention: Mapping, style: str = "gpt2", qk_norm: bool = False, norm_scale: str = "channel",
+                 mlp: str = "gelu"):
         super().__init__()
         options = {key: value for key, value in attention.items() if key != "name"}
         self.ln_1 = build_norm(style, n_embd, bias, norm_scale)
@@ -76,7 +104,7 @@ class Block(nn.Module):
             dropout=dropout, layer_idx=layer_idx, qk_norm=qk_norm, **options,
         )
         self.ln_2 = build_norm(style, n_embd, bias, norm_scale)
-        self.mlp = MLP(n_embd, bias, dropout) if style == "gpt2" else SwiGLU(n_embd, dropout)
+        self.mlp = SwiGLU(n_embd, dropout) if mlp == "swiglu" else MLP(n_embd, bias, dropout, mlp)
         self.resid_attn, self.resid_mlp = nn.Identity(), nn.Identity()  # the residual sums, for hooks
 
     def forward(self, x, rope=None):
@@ -99,6 +127,9 @@ class GPT(nn.Module):
         name: str = "custom",
         qk_norm: bool = False,
         norm_scale: str = "channel",
+        mlp: str | None = None,
+        init: Mapping | None = None,
+        tie_embeddings: bool = True,
     ):
         super().__init__()
         attention = dict(attention or {"name": "softmax"})
@@ -106,6 +137,10 @@ class GPT(nn.Module):
         if style not in STYLES:
             raise ConfigError(f"unknown model.style {style!r}; choose one of {', '.join(STYLES)}")
         check_norm_options(norm_scale, qk_norm)
+        mlp = STYLE_MLP[style] if mlp is None else mlp
+        if mlp not in MLPS:
+            raise ConfigError(f"unknown model.mlp {mlp!r}; choose one of {', '.join(MLPS)}, or null for the style's")
+        init_config = InitConfig.from_mapping(init)
         bias = bias and style == "gpt2"  # LLaMA style has no biases
         if "name" not in attention:
             raise ConfigError("the attention config needs a 'name', e.g. attention=softmax")
@@ -113,7 +148,8 @@ class GPT(nn.Module):
         self.config = dict(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
             n_embd=n_embd, dropout=dropout, bias=bias, attention=attention, style=style, name=name,
-            qk_norm=qk_norm, norm_scale=norm_scale,
+            qk_norm=qk_norm, norm_scale=norm_scale, mlp=mlp, init=asdict(init_config),
+            tie_embeddings=tie_embeddings,
         )
         self.block_size, self.style = block_size, style
         layers = dict(
@@ -121,7 +157,7 @@ class GPT(nn.Module):
             emb_out=nn.Identity(),  # the embedding sum, for hooks (module docstring)
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(
-                Block(n_embd, n_head, block_size, bias, dropout, i, attention, style, qk_norm, norm_scale)
+                Block(n_embd, n_head, block_size, bias, dropout, i, attention, style, qk_norm, norm_scale, mlp)
                 for i in range(n_layer)
             ),
             ln_f=build_norm(style, n_embd, bias, norm_scale),
@@ -134,8 +170,10 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
-        self.apply(self._init_weights)
+        if tie_embeddings:  # GPT-2's; Guo et al.'s head is its own Linear
+            self.transformer.wte.weight = self.lm_head.weight
+        embeddings = [module.weight for module in self.transformer.values() if isinstance(module, nn.Embedding)]
+        self.apply(lambda module: self._init_weights(module, embeddings, init_config.embedding_std))
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
@@ -143,9 +181,12 @@ class GPT(nn.Module):
             block.attn.init_extra_parameters()
 
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(module: nn.Module, embeddings: list[nn.Parameter], embedding_std: float) -> None:
+        # one draw per module, in module order, so that each seed's default init stays as it was;
+        # lm_head draws the tied embedding last, so it takes the embedding's std
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            std = embedding_std if any(module.weight is w for w in embeddings) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 

@@ -14,11 +14,16 @@ import torch
 
 from outlier_lab.errors import ConfigError
 from outlier_lab.metrics import curve_keys, emergence_defaults
+from outlier_lab.metrics.growth import PEAK_CURVE, growth_values
 from outlier_lab.metrics.tokens import vocabulary_classes
 from outlier_lab.metrics.probe_result import ProbeResult
 from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.probe.ours import data_domains, measure_model
 from outlier_lab.summary import log_metrics, update_summary
+
+
+# drawn beside the residual peak in peak_over_steps.png: the per-entry ratio and the largest |h|
+PEAK_COMPANIONS = ("outliers/act/top1_over_median/max", "outliers/act/max_abs/max")
 
 
 class OutlierMonitor(L.Callback):
@@ -66,6 +71,7 @@ class OutlierMonitor(L.Callback):
         self._measure(trainer, pl_module)
         values = {f"emergence/{k}": self.emerged.get(k) for k in self.emergence}
         values.update({k: v for k, v in self.history[-1].items() if k != "step"})
+        values.update(growth_values(self.history))
         update_summary(trainer, values)
         if self.plots:
             self._plot(trainer)
@@ -103,6 +109,8 @@ class OutlierMonitor(L.Callback):
         figures = plots.probe_figures(result, metrics, labels, trainer.global_step)
         keys = curve_keys(self.history[-1])
         figures["outliers_over_steps"] = plots.history(self.history, keys, "Outlier metrics over training")
+        figures["peak_over_steps"] = plots.history(self.history, [PEAK_CURVE, *PEAK_COMPANIONS],
+                                                   "The first token's residual peak and the largest entries")
         plots.save_figures(figures, Path(trainer.default_root_dir) / "plots", trainer.loggers, trainer.global_step)
 
     # -- resume -------------------------------------------------------------------------

@@ -36,12 +36,13 @@ def gpt_to_hf_gpt2(model: GPT):
 
     config = model.config
     if config["style"] != "gpt2" or config["attention"]["name"] != "softmax" or config["qk_norm"] \
-            or config["norm_scale"] != "channel" or not config["bias"]:
+            or config["norm_scale"] != "channel" or not config["bias"] or config.get("mlp", "gelu") not in ("gelu", "relu"):
         raise ConfigError("only a GPT-2-style softmax GPT with biases and per-channel norms converts to "
                           f"transformers' GPT-2 (this one: style={config['style']}, "
                           f"attention={config['attention']['name']}, bias={config['bias']})")
     hf_config = GPT2Config(vocab_size=config["vocab_size"], n_positions=config["block_size"], n_embd=config["n_embd"],
-                           n_layer=config["n_layer"], n_head=config["n_head"], activation_function="gelu",
+                           n_layer=config["n_layer"], n_head=config["n_head"],
+                           activation_function=config.get("mlp", "gelu"),
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                            bos_token_id=None, eos_token_id=None)
     hf = GPT2LMHeadModel(hf_config)

@@ -1,7 +1,8 @@
 """The report's figures: validation loss over steps, the declared outlier panels over
-steps, the per-layer profile and the first token's residual-state peak and value-state drain
-per layer at the last measurement; one line per variant (mean over seeds), in the shared
-figure style of ``outlier_lab.figure_style``.
+steps, the growth of the first token's residual-state peak (with its spread over seeds), the
+per-layer profile and the first token's residual-state peak and value-state drain per layer at
+the last measurement; one line per variant (mean over seeds), in the shared figure style of
+``outlier_lab.figure_style``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from outlier_lab import figure_style as style
-from outlier_lab.report.declarations import EXTREME_KEY, LAYER_KEY, panel_metrics
+from outlier_lab.metrics.growth import PEAK_CURVE, PEAK_GROWTH
+from outlier_lab.report.declarations import EXTREME_KEY, LAYER_KEY, declared_key, panel_metrics
 from outlier_lab.report.load import Run
 from outlier_lab.report.table import Group
 
-FIGURES = ("loss_curves", "outliers_vs_step", "layer_profile", "extreme_tokens")
+FIGURES = {  # figure name -> (heading, alt text) in report.md, in the report's order
+    "loss_curves": ("Loss curves", "Validation loss vs step"),
+    "outliers_vs_step": ("Outlier metrics over training", "Outlier metrics vs step"),
+    "peak_growth": ("Growth of the first-token residual peak", "Residual-state peak vs step, log-log, per variant"),
+    "layer_profile": ("Per-layer profile", "Per-layer top-1 and median |h|"),
+    "extreme_tokens": ("First-token residual peak and value drain per layer",
+                       "Residual-state peak and value-state drain of the first token per layer"),
+}
 
 
 def _curve_runs(group: Group) -> list[Run]:
@@ -128,6 +137,39 @@ def outliers_figure(groups: list[Group], colors: dict, markers: dict, only: list
     return fig
 
 
+def peak_growth_figure(groups: list[Group], colors: dict, markers: dict) -> Figure:
+    """The first token's residual-state peak (max over layers) over steps on log-log axes, where
+    a power law is a line: a line per variant (mean over seeds) with a min-max band, and the
+    mean of its runs' fitted slopes (outlier_lab.metrics.growth) in the legend."""
+    fig = style.new_figure(9.5, 5.0)
+    ax = fig.add_subplot()
+    key, growth_key = declared_key(PEAK_CURVE), declared_key(PEAK_GROWTH)
+    fig.suptitle("The first token's residual-state peak over training (mean, min-max over seeds)")
+    handles, labels = [], []
+    for group in groups:
+        runs = _curve_runs(group)
+        agg = aggregate([r.curves[key] for r in runs if key in r.curves])
+        if agg is None:
+            continue
+        steps, mean, lo, hi = (a[agg[0] > 0] for a in agg)  # log x: step 0 has no place
+        color = colors[group.label]
+        ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
+        (line,) = ax.plot(steps, mean, color=color, linewidth=1.7, **style.marker_style(markers[group.label], len(steps)))
+        slopes = [v for r in runs if (v := r.value(growth_key)) is not None and np.isfinite(v)]
+        handles.append(line)
+        labels.append(f"{group.label} (n={len(runs)}" + (f", slope {np.mean(slopes):.2f})" if slopes else ")"))
+    if not handles:
+        style.no_data(ax, f"no {key} logged")
+        return fig
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("step (log)")
+    ax.set_ylabel("||h_0|| / median_j ||h_j||, max over layers (log)")
+    style.outside_legend(fig, handles, labels)
+    return fig
+
+
 def _last_layer_values(run: Run, stat: str, pattern=LAYER_KEY) -> dict[int, float]:
     """Per-layer value of `stat` (a pattern's first group, e.g. top1) at the last step it was logged."""
     out = {}
@@ -219,5 +261,6 @@ def make_figures(groups: list[Group], panels: list[str] | None = None) -> dict[s
     colors, markers = style.colors(labels), style.markers(labels)
     return {"loss_curves": loss_curves_figure(groups, colors, markers),
             "outliers_vs_step": outliers_figure(groups, colors, markers, panels),
+            "peak_growth": peak_growth_figure(groups, colors, markers),
             "layer_profile": layer_profile_figure(groups, colors, markers),
             "extreme_tokens": extreme_tokens_figure(groups, colors, markers)}

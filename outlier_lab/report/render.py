@@ -130,17 +130,8 @@ def _duplicate_seeds(runs: list[Run]) -> list[str]:
     return [f"{v} seed {s} ×{n}" for (v, _, s), n in counts.items() if n > 1]
 
 
-FIGURE_HEADINGS = {  # figure name -> (heading, alt text) in report.md
-    "loss_curves": ("Loss curves", "Validation loss vs step"),
-    "outliers_vs_step": ("Outlier metrics over training", "Outlier metrics vs step"),
-    "layer_profile": ("Per-layer profile", "Per-layer top-1 and median |h|"),
-    "extreme_tokens": ("First-token residual peak and value drain per layer",
-                       "Residual-state peak and value-state drain of the first token per layer"),
-}
-
-
 def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: str,
-                    figures: tuple[str, ...] = FIGURES) -> str:
+                    figures: tuple[str, ...] = tuple(FIGURES)) -> str:
     """report.md; ``figures``: the figures written beside it (none for runs read from a CSV)."""
     complete = sum(r.complete for r in runs)
     broken = [r for r in runs if r.problems]
@@ -177,7 +168,7 @@ def markdown_report(runs: list[Run], table: Table, dirs: list[Path], baseline: s
     if not figures:
         lines += ["None: the runs were read from per-run CSVs, which hold no curves.", ""]
     for name in figures:
-        heading, alt = FIGURE_HEADINGS[name]
+        heading, alt = FIGURES[name]
         lines += [f"### {heading}", "", f"![{alt}]({name}.png)", ""]
     lines += [
         "## Runs",
