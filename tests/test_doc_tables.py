@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-STUDY_PAGES = ["mechanism.md", "study.md", "sweeps.md"]
+STUDY_PAGES = ["mechanism.md", "peak.md", "study.md", "sweeps.md"]
 NOT_GENERATED = re.compile(r"<!-- not generated: \S.* -->")  # a table that is no result (a recipe, options)
 
 

