@@ -114,3 +114,32 @@ def test_extreme_tokens_draw_each_layers_mean_over_seeds_at_the_last_measurement
         np.testing.assert_allclose(line.get_xdata(), [0, 1])
         np.testing.assert_allclose(line.get_ydata(), [np.mean([value(s, 5, i, l) for s in (0, 1)]) for l in (0, 1)],
                                    rtol=1e-9)
+
+
+def test_peak_growth_draws_the_mean_peak_with_its_band_on_log_axes_and_the_fitted_slope(tmp_path):
+    """The residual peak over steps: catches step 0 drawn on the log axis, the band of the wrong
+    seeds, the mean replaced by one seed, or a slope in the legend that is not the runs' mean."""
+    import json
+
+    from outlier_lab.metrics.growth import PEAK_CURVE, PEAK_GROWTH
+
+    steps = [0, 10, 20, 40]
+    for seed, (scale, slope) in enumerate([(1.0, 0.5), (3.0, 0.7)]):
+        run = tmp_path / f"{seed}_softmax-nano-s{seed}"
+        write_config(run, "softmax", seed)
+        (run / "summary.json").write_text(json.dumps({"convergence/final_val_loss": 2.0, PEAK_GROWTH: slope}))
+        with open(run / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "val/loss", PEAK_CURVE])
+            writer.writeheader()
+            for step in steps:
+                writer.writerow({"step": step, "val/loss": 2.0, PEAK_CURVE: scale * (1 + step)})
+    figure = report.make_figures(report.group_runs(report.load_runs([tmp_path]), "softmax"))["peak_growth"]
+    ax = figure.axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    (line,) = [l for l in ax.get_lines() if l.get_color() != "gray"]
+    np.testing.assert_allclose(line.get_xdata(), [10, 20, 40])  # step 0 has no place on a log axis
+    np.testing.assert_allclose(line.get_ydata(), [2.0 * (1 + s) for s in (10, 20, 40)])  # mean of 1x and 3x
+    (band,) = ax.collections
+    low_high = band.get_paths()[0].vertices[:, 1]
+    assert low_high.min() == pytest.approx(11.0) and low_high.max() == pytest.approx(123.0)  # seed 0's min, seed 1's max
+    assert figure.legends[0].get_texts()[0].get_text() == "softmax (n=2, slope 0.60)"

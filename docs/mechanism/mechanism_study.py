@@ -46,7 +46,7 @@ REPLICATION = ["stdlib", "shakespeare", "others_stdlib", "others_shakespeare", "
                "differential_shakespeare", "nobos_stdlib", "nobos_shakespeare"]  # replication.sh's sweeps, in order
 BISTABLE = ["softmax", "attn_bias", "softmax1", "sink", "explicit_scale", "gated_g1"]  # 10 seeds each
 ORDER = BISTABLE[:1] + ["v_bias", "ca_bias"] + BISTABLE[1:] + ["gated", "sigmoid", "clipped_softmax", "softpick",
-                                                               "scalable_softmax", "differential"]
+                                                               "scalable_softmax", "differential", "relu"]
 SINK_RATE = "outliers/domain/dormant/sink_rate"
 STAR = "\\*"  # a significance star, escaped for Markdown
 # The tables' columns: (key, heading). A key of the summary, or LAST + a metrics.csv curve.

@@ -8,7 +8,7 @@ Three families, by what the variant needs from the logits:
   No Triton kernel of ours: the slot becomes a real key of an ordinary softmax attention,
   so the ordinary Flex/SDPA backward is exact and no gradient through a log-sum-exp is
   needed (docs/attention.md, "Backends").
-- ``elementwise``: any P = f(s) (sigmoid, softpick, clipped softmax). Backends: triton
+- ``elementwise``: any P = f(s) (sigmoid, softpick, clipped softmax, relu). Backends: triton
   (fused kernels in outlier_lab/kernels/triton/, CUDA; the variant names its kernel with ``fused``),
   eager. Eager without probabilities runs in causal query chunks (outlier_lab/kernels/chunked.py),
   which skip most of the masked upper triangle; with them, the reference.
