@@ -211,3 +211,12 @@ def test_a_protocol_that_needs_our_gpt_is_refused_for_a_transformers_model():
 
     with pytest.raises(ConfigError, match=r"need this project's GPT .* choose from w8a8_linear"):
         score_on_windows(tiny("llama"), families.family_of("llama"), torch.randint(0, 256, (1, 8)), ["w8a8"])
+
+
+def test_an_untied_head_is_refused_by_the_gpt2_conversion_not_silently_tied():
+    from outlier_lab.errors import ConfigError
+    from outlier_lab.models.gpt import GPT
+
+    untied = GPT(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8, tie_embeddings=False)
+    with pytest.raises(ConfigError, match="a tied head"):
+        gpt_to_hf_gpt2(untied)

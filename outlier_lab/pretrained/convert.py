@@ -36,8 +36,9 @@ def gpt_to_hf_gpt2(model: GPT):
 
     config = model.config
     if config["style"] != "gpt2" or config["attention"]["name"] != "softmax" or config["qk_norm"] \
-            or config["norm_scale"] != "channel" or not config["bias"] or config.get("mlp", "gelu") not in ("gelu", "relu"):
-        raise ConfigError("only a GPT-2-style softmax GPT with biases and per-channel norms converts to "
+            or config["norm_scale"] != "channel" or not config["bias"] or config.get("mlp", "gelu") not in ("gelu", "relu") \
+            or not config.get("tie_embeddings", True):  # transformers' GPT-2 ties its head to wte
+        raise ConfigError("only a GPT-2-style softmax GPT with biases, per-channel norms and a tied head converts to "
                           f"transformers' GPT-2 (this one: style={config['style']}, "
                           f"attention={config['attention']['name']}, bias={config['bias']})")
     hf_config = GPT2Config(vocab_size=config["vocab_size"], n_positions=config["block_size"], n_embd=config["n_embd"],
