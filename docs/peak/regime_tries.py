@@ -62,7 +62,7 @@ def collect(root: Path) -> None:
     print(f"{CSV}: {frame['run'].nunique()} tries, {len(frame)} rows")
 
 
-def _steps(value: float) -> str:
+def steps_text(value: float) -> str:
     if math.isinf(value) or math.isnan(value):
         return "never" if math.isinf(value) else "—"
     return f"{value:,.0f}" if value < 1e6 else f"{value:.1e}"
@@ -82,7 +82,7 @@ def regime_table() -> str:
         lines.append(
             f"| {name.split('_')[0]} | {run['overrides'].iloc[0] or '(none)'} | {int(end['step']):,} | {end['peak']:.2f} | "
             f"{top['peak']:.2f} ({int(top['step']):,}) | {slope:.2f} | "
-            f"{_steps(step_to_reach(5, slope, intercept))} / {_steps(step_to_reach(100, slope, intercept))} | "
+            f"{steps_text(step_to_reach(5, slope, intercept))} / {steps_text(step_to_reach(100, slope, intercept))} | "
             f"{end['top1_over_median']:.1f} | {end['max_abs']:,.0f} | "
             f"{val['val_loss'].iloc[-1]:.3f} |")
     return "\n".join(lines)
