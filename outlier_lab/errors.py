@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import fields
 
 
 class ConfigError(ValueError):
@@ -18,6 +20,14 @@ def is_integer(value) -> bool:
 def is_number(value) -> bool:
     """An int or a float that is not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_fields(given: Mapping, cls: type, what: str, hint: str = "") -> None:
+    """A ConfigError naming the keys of ``given`` that are no field of the dataclass ``cls``
+    (``what``: the config block, e.g. ``optim``), so a misspelt key is never ignored."""
+    valid = [f.name for f in fields(cls)]
+    if unknown := sorted(set(given) - set(valid)):
+        raise ConfigError(f"unknown {what} keys {unknown}; valid: {', '.join(valid)}{hint}")
 
 
 def find_config_error(error: BaseException | None) -> ConfigError | None:

@@ -229,3 +229,13 @@ def test_avg_kurtosis_skips_a_tensor_with_no_spread():
     values = run_measures(Probe(result, model))
     alive = [kurtosis(h) for name, h in result.tensors.items() if name != "h.0.mlp.c_proj"]
     assert values["outliers/act/avg_kurtosis"] == pytest.approx(sum(alive) / len(alive), rel=1e-6)
+
+
+def test_a_misspelt_threshold_is_an_error_naming_the_valid_ones():
+    from outlier_lab.errors import ConfigError
+    from outlier_lab.metrics.thresholds import Thresholds
+
+    with pytest.raises(ConfigError, match=r"unknown thresholds keys \['sink_epz'\]; valid: massive_abs, "
+                                          r"massive_ratio, token_ratio, sink_eps, sink_tokens$"):
+        Thresholds.of({"sink_epz": 0.4})
+    assert Thresholds.of({"sink_eps": 0.4}).sink_eps == 0.4

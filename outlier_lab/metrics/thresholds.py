@@ -7,9 +7,9 @@ type is refused before anything runs. Their sources: docs/metrics.md."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from outlier_lab.errors import ConfigError
+from outlier_lab.errors import ConfigError, check_fields
 
 
 @dataclass
@@ -32,10 +32,7 @@ class Thresholds:
         if isinstance(given, Thresholds):
             return given
         given = dict(given or {})
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(given) - set(valid))
-        if unknown:
-            raise ConfigError(f"unknown threshold {', '.join(unknown)}; valid: {', '.join(valid)}")
+        check_fields(given, cls, "thresholds")
         return cls(**given)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from outlier_lab.models.attention import build_attention, get_attention_class
 from outlier_lab.models.attention.base import rope_tables
 from outlier_lab.models.norms import build_norm, check_norm_options
-from outlier_lab.errors import ConfigError, is_number
+from outlier_lab.errors import ConfigError, check_fields, is_number
 
 
 STYLES = ("gpt2", "llama")
@@ -52,9 +52,7 @@ class InitConfig:
     @classmethod
     def from_mapping(cls, init: Mapping | None) -> InitConfig:
         init = dict(init or {})
-        valid = [f.name for f in fields(cls)]
-        if unknown := sorted(set(init) - set(valid)):
-            raise ConfigError(f"unknown model.init keys {unknown}; valid: {', '.join(valid)}")
+        check_fields(init, cls, "model.init")
         config = cls(**init)
         if not (is_number(config.embedding_std) and config.embedding_std > 0):
             raise ConfigError(f"model.init.embedding_std={config.embedding_std!r}: give a positive number")

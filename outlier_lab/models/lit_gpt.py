@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from outlier_lab.errors import ConfigError, is_integer, is_number
+from outlier_lab.errors import ConfigError, check_fields, is_integer, is_number
 from outlier_lab.models.checkpoint import upgrade_targets
 from outlier_lab.models.compile import CompiledLoss, wants_compile
 from outlier_lab.models.gpt import GPT
@@ -42,12 +42,9 @@ class OptimConfig:
         if "optimizer" not in optim and "betas" in optim:  # a checkpoint from before configs/optim/: AdamW
             optim = {**{k: v for k, v in optim.items() if k != "betas"}, "name": "adamw", "optimizer": {
                 "_target_": "torch.optim.AdamW", "_partial_": True, "betas": list(optim["betas"])}}
+        check_fields(optim, cls, "optim", " (optimizer settings go under optim.optimizer)" if "optimizer" in optim else "")
         valid = [f.name for f in fields(cls)]
-        unknown, missing = set(optim) - set(valid), set(valid) - set(optim)
-        if unknown:
-            hint = " (optimizer settings go under optim.optimizer)" if "optimizer" in optim else ""
-            raise ConfigError(f"unknown optim keys {sorted(unknown)}; valid: {', '.join(valid)}{hint}")
-        if missing:
+        if missing := set(valid) - set(optim):
             raise ConfigError(f"missing optim keys {sorted(missing)}; needed: {', '.join(valid)}")
         return cls(**{**optim, "optimizer": optimizer_spec(optim["optimizer"])})
 
