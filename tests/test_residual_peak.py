@@ -23,7 +23,12 @@ def test_the_preset_is_guos_block_with_a_constant_lr():
 
     optim = OptimConfig.from_mapping({**cfg.optim, "optimizer": dict(cfg.optim.optimizer)})
     assert optim.min_lr == optim.lr == 3.0e-3 and optim.warmup_steps == 0
-    assert {warmup_cosine(step, 0, 8000, optim.min_lr / optim.lr) for step in (0, 1, 4000, 7999)} == {1.0}
+    assert {warmup_cosine(step, 0, 3000, optim.min_lr / optim.lr) for step in (0, 1, 1500, 2999)} == {1.0}
+    # the frozen recipe of docs/peak.md's study: a change here changes its every number
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.data.batch_size, cfg.data.source) == (
+        3000, 500, 32, None)
+    assert (cfg.callbacks.outlier_monitor.every_n_steps, cfg.callbacks.outlier_monitor.probe_sequences) == (250, 32)
+    assert (optim.weight_decay, cfg.torch_threads) == (1.0e-4, 1)
 
 
 def test_a_short_run_of_the_preset_logs_the_peak_its_growth_rate_and_its_figure(tmp_path):

@@ -190,7 +190,7 @@ def cost_table() -> str:
     costs = pd.read_csv(RUNS / "costs.csv")
     lines = ["| sweep | jobs | complete | wall time | training per job (mean) |", "|---|---|---|---|---|"]
     for row in costs.itertuples():
-        lines.append(f"| {row.sweep} | {row.jobs} | {row.complete} | {row.wall_s // 60} min | {row.train_s_mean:.0f} s |")
+        lines.append(f"| {row.sweep} | {row.jobs} | {row.complete} | {int(row.wall_s) // 60} min {int(row.wall_s) % 60} s | {row.train_s_mean:.0f} s |")
     return "\n".join(lines)
 
 
