@@ -43,6 +43,7 @@ FIGURE = HERE / "study.png"
 SWEEPS = {"stdlib": "stdlib", "shakespeare": "tinyshakespeare"}  # study.sh's sweep -> its text
 ARMS = ["softmax", "softmax_sgd", "explicit_scale", "attn_bias", "gated", "sigmoid", "relu"]  # the table's order
 VALUE_DRAIN = [f"outliers/attn/value_drain/layer_{i}" for i in range(3)]
+TOP_CHANNEL_BOS = "outliers/act/top_channel_initial_share"  # a curve: its last probe's value is kept
 DRAIN_MIN = "value_drain_min_over_layers"  # derived per run from the last probe's VALUE_DRAIN
 CURVES = {PEAK_CURVE: "peak", "outliers/act/top1_over_median/max": "top1_over_median",
           "outliers/act/max_abs/max": "max_abs"}
@@ -51,6 +52,7 @@ STAR = "\\*"
 MAIN = [("convergence/final_val_loss", "final val loss"), (PEAK_CURVE, "residual peak ‖h₀‖/median"),
         ("outliers/act/residual_peak/growth_rate", "peak growth (log-log slope)"),
         ("outliers/act/top1_over_median/max", "top1/median \\|h\\|"), ("outliers/act/max_abs/max", "max \\|h\\|"),
+        (LAST + TOP_CHANNEL_BOS, "top channel's share on BOS"),
         (SINK_RATE, "seeds with a dormant sink [95% CI]"), (DRAIN_MIN, "value drain ‖v₀‖/median (min over layers)"),
         ("outliers/domain/dormant/excess_loss", "excess loss (dormant)"), ("compress/w8a8/ppl_ratio", "W8A8 ppl ratio")]
 # The interventions, run on every softmax checkpoint at Sun et al.'s criterion (massive: |h| > 100
@@ -75,7 +77,7 @@ def collect(root: Path) -> None:
             continue
         runs = load_runs([root / sweep])
         print(f"{sweep}: {len(runs)} runs, {sum(r.complete for r in runs)} complete")
-        write_runs_csv(runs, RUNS / f"{sweep}.csv", VALUE_DRAIN)
+        write_runs_csv(runs, RUNS / f"{sweep}.csv", [*VALUE_DRAIN, TOP_CHANNEL_BOS])
         costs.append(sweep_cost(root / sweep, runs))
         for run in runs:
             metrics = read_metrics_csv(run.path / "metrics.csv", wanted=lambda key: key in CURVES)
@@ -90,7 +92,7 @@ def interventions(root: Path) -> None:
     rows = []
     for sweep in SWEEPS:
         for run in sorted((root / sweep).glob("softmax_s*")):
-            if not run.is_dir():
+            if not (run.is_dir() and run.name.removeprefix("softmax_s").isdigit()):  # not softmax_sgd_s*
                 continue
             for criterion, extra in CRITERIA.items():
                 out = run / f"interventions_{criterion}"
@@ -116,6 +118,7 @@ def load_groups() -> list[Group]:
             continue
         by_arm: dict[str, list] = {}
         for run, row in zip(read_runs_csv(path), pd.read_csv(path).to_dict("records")):
+            run.summary.update({key: row[key] for key in row if key.startswith(LAST) and pd.notna(row[key])})
             drains = [row[LAST + key] for key in VALUE_DRAIN if pd.notna(row.get(LAST + key))]
             run.summary[DRAIN_MIN] = min(drains) if drains else None
             by_arm.setdefault(arm_of(run), []).append(run)
@@ -156,12 +159,12 @@ def shown(cell) -> str:
 
 
 def growth_table() -> str:
-    """Per run of softmax (AdamW and SGD) and relu: the peak at the end, its highest value and
-    step, the fitted slope and where the fit reaches 5x and 100x (outlier_lab.metrics.growth)."""
+    """Per run: the peak at the end, its highest value and step, the fitted slope and where the
+    fit reaches 5x and 100x (outlier_lab.metrics.growth), and the per-entry ratio at the end."""
     curves = pd.read_csv(RUNS / "curves.csv")
     lines = ["| arm | text | seed | peak at the end | highest peak (step) | slope, 2nd half | "
              "fit reaches 5× / 100× at step | top1/median at the end |", "|---|---|---|---|---|---|---|---|"]
-    for arm in ("softmax", "softmax_sgd", "relu"):
+    for arm in ARMS:
         for sweep in SWEEPS:
             for seed, run in curves[(curves.arm == arm) & (curves.sweep == sweep)].groupby("seed"):
                 probes = run.dropna(subset=["peak"])
@@ -174,15 +177,20 @@ def growth_table() -> str:
 
 
 def interventions_table() -> str:
-    """Mean ± std over the softmax runs of each text: perplexity and KL of each intervention."""
+    """Per softmax run: each intervention's perplexity as a ratio to the unedited model's, its
+    KL to it, and how many entries it edited (descriptive: the runs differ too much to pool)."""
     frame = pd.read_csv(RUNS / "interventions.csv")
-    lines = ["| criterion | text | intervention | runs | entries edited (mean) | perplexity | KL to the unedited model |",
-             "|---|---|---|---|---|---|---|"]
-    for (criterion, sweep, name), rows in frame.groupby(["criterion", "sweep", "intervention"], sort=False):
-        entries = pd.to_numeric(rows["entries"], errors="coerce")
-        lines.append(f"| {criterion} | {SWEEPS[sweep]} | {name} | {len(rows)} | "
-                     f"{'—' if entries.isna().all() else f'{entries.mean():,.0f}'} | "
-                     f"{rows.ppl.mean():.3f} ± {rows.ppl.std():.3f} | {rows.kl.mean():.4f} ± {rows.kl.std():.4f} |")
+    frame["run"] = frame.sweep.map(SWEEPS) + ", seed " + frame.seed.astype(str)
+    runs = list(dict.fromkeys(frame.run))
+    base = frame[frame.intervention == "baseline"].set_index(["criterion", "run"]).ppl
+    lines = ["| criterion | intervention | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+    for (criterion, name), rows in frame[frame.intervention != "baseline"].groupby(["criterion", "intervention"],
+                                                                                sort=False):
+        cells = []
+        for row in rows.set_index("run").loc[runs].itertuples():
+            edited = "" if pd.isna(row.entries) else f", {int(row.entries):,} entries"
+            cells.append(f"{row.ppl / base[criterion, row.Index]:.3f} (KL {row.kl:.2g}{edited})")
+        lines.append(f"| {criterion} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
