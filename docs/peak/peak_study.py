@@ -92,7 +92,8 @@ def interventions(root: Path) -> None:
     rows = []
     for sweep in SWEEPS:
         for run in sorted((root / sweep).glob("softmax_s*")):
-            if not (run.is_dir() and run.name.removeprefix("softmax_s").isdigit()):  # not softmax_sgd_s*
+            seed = run.name.removeprefix("softmax_s")
+            if not (run.is_dir() and seed.isdigit()):  # not softmax_sgd_s*
                 continue
             for criterion, extra in CRITERIA.items():
                 out = run / f"interventions_{criterion}"
@@ -101,7 +102,7 @@ def interventions(root: Path) -> None:
                                     f"intervene=[{','.join(INTERVENE)}]", *extra, f"hydra.run.dir={out}"],
                                    cwd=ROOT, check=True, capture_output=True)
                 for row in json.loads((out / "interventions.json").read_text()):
-                    rows.append({"sweep": sweep, "seed": int(run.name.split("_s")[-1]), "criterion": criterion,
+                    rows.append({"sweep": sweep, "seed": int(seed), "criterion": criterion,
                                  "intervention": row["name"], "ppl": row["ppl"], "kl": row["kl"],
                                  "entries": row["details"].get("entries", "")})
     pd.DataFrame(rows).to_csv(RUNS / "interventions.csv", index=False, float_format="%.6g")
