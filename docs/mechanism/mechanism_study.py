@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from outlier_lab.report.compare import Comparison, compare, correct  # noqa: E402
+from outlier_lab.report.study_cells import STAR, cells_against, family, shown  # noqa: E402
 from outlier_lab.report.declarations import column_metrics  # noqa: E402
 from outlier_lab.report.load import Run  # noqa: E402
 from outlier_lab.report.render import format_cell  # noqa: E402
@@ -48,7 +49,6 @@ BISTABLE = ["softmax", "attn_bias", "softmax1", "sink", "explicit_scale", "gated
 ORDER = BISTABLE[:1] + ["v_bias", "ca_bias"] + BISTABLE[1:] + ["gated", "sigmoid", "clipped_softmax", "softpick",
                                                                "scalable_softmax", "differential", "relu"]
 SINK_RATE = "outliers/domain/dormant/sink_rate"
-STAR = "\\*"  # a significance star, escaped for Markdown
 # The tables' columns: (key, heading). A key of the summary, or LAST + a metrics.csv curve.
 MAIN = [("convergence/final_val_loss", "final val loss"), ("outliers/act/top1_over_median/max", "top1/median"),
         ("outliers/domain/dormant/first_token_share", "first-token share (dormant)"),
@@ -118,36 +118,6 @@ def text(group: Group) -> str:
 
 def ordered(groups: list[Group]) -> list[Group]:
     return sorted(groups, key=lambda g: (ORDER.index(g.variant), TEXTS.index(text(g))))
-
-
-def cells_against(groups: list[Group], cols: list[Column], base_of) -> dict[tuple[str, str], Cell]:
-    """Each group's cell per column, compared with base_of(group)'s (None: not compared);
-    Holm over every comparison with a p-value of these cells: the table's family."""
-    cells = {(g.label, c.key): make_cell(g, c) for g in groups for c in cols}
-    for column in cols:
-        for group in groups:
-            base = base_of(group)
-            if base is not None and base is not group:
-                cells[group.label, column.key].comparison = compare(column, cells[group.label, column.key],
-                                                                    cells[base.label, column.key])
-    correct([cell.comparison for cell in cells.values() if cell.comparison is not None])
-    return cells
-
-
-def shown(cell: Cell) -> str:
-    text = format_cell(cell).replace("|", "\\|")
-    c = cell.comparison
-    return text + (f" {STAR * len(c.mark)}{c.letter}" if c is not None and c.mark else "")
-
-
-def family(cells: dict, what: str) -> str:
-    tested = [c.comparison for c in cells.values() if c.comparison is not None and c.comparison.tested]
-    untested = sum(c.comparison is not None and not c.comparison.tested for c in cells.values())
-    tests = sorted({c.test for c in tested})
-    names = {"fisher": "Fisher's exact test (ᶠ)", "welch": "Welch's t-test (ᵗ)"}
-    return (f"Holm's family: the {len(tested)} comparisons with a p-value in this table ({what}; "
-            f"{' and '.join(names[t] for t in tests)}); \\* / \\*\\*: Holm-corrected p < 0.05 / 0.01"
-            + (f"; {untested} comparison(s) without a test (neither group varies)." if untested else "."))
 
 
 def label(group: Group) -> str:

@@ -27,12 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from outlier_lab.metrics.growth import PEAK_CURVE, power_law_fit, step_to_reach  # noqa: E402
-from outlier_lab.report.compare import compare, correct  # noqa: E402
 from outlier_lab.report.declarations import column_metrics  # noqa: E402
 from outlier_lab.report.load import load_runs, read_metrics_csv  # noqa: E402
-from outlier_lab.report.render import format_cell  # noqa: E402
 from outlier_lab.report.run_table import LAST, read_runs_csv, sweep_cost, write_runs_csv  # noqa: E402
-from outlier_lab.report.table import Column, Group, make_cell  # noqa: E402
+from outlier_lab.report.study_cells import cells_against, family, shown  # noqa: E402
+from outlier_lab.report.table import Column, Group  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regime_tries import steps_text  # noqa: E402
@@ -48,7 +47,6 @@ DRAIN_MIN = "value_drain_min_over_layers"  # derived per run from the last probe
 CURVES = {PEAK_CURVE: "peak", "outliers/act/top1_over_median/max": "top1_over_median",
           "outliers/act/max_abs/max": "max_abs"}
 SINK_RATE = "outliers/domain/dormant/sink_rate"
-STAR = "\\*"
 MAIN = [("convergence/final_val_loss", "final val loss"), (PEAK_CURVE, "residual peak ‖h₀‖/median"),
         ("outliers/act/residual_peak/growth_rate", "peak growth (log-log slope)"),
         ("outliers/act/top1_over_median/max", "top1/median \\|h\\|"), ("outliers/act/max_abs/max", "max \\|h\\|"),
@@ -134,29 +132,13 @@ def results_table() -> str:
     groups = load_groups()
     rules = {m.key: m.binary_above for m in column_metrics({key for key, _ in MAIN})}
     cols = [Column(key, header, binary_above=rules.get(key)) for key, header in MAIN]
-    cells = {(g.label, c.key): make_cell(g, c) for g in groups for c in cols}
-    for g in groups:
-        base = next(b for b in groups if b.variant == "softmax" and b.setting == g.setting)
-        if base is not g:
-            for c in cols:
-                cells[g.label, c.key].comparison = compare(c, cells[g.label, c.key], cells[base.label, c.key])
-    comparisons = [cell.comparison for cell in cells.values() if cell.comparison is not None]
-    correct(comparisons)
+    cells = cells_against(groups, cols, lambda g: next(b for b in groups if b.variant == "softmax"
+                                                          and b.setting == g.setting))
     lines = ["| arm | text | runs | " + " | ".join(h for _, h in MAIN) + " |", "|" + "---|" * (3 + len(MAIN))]
     for g in groups:
         lines.append(f"| {g.variant} | {dict(g.setting)['text']} | {len(g.complete)} | "
                      + " | ".join(shown(cells[g.label, c.key]) for c in cols) + " |")
-    tested = [c for c in comparisons if c.tested]
-    return "\n".join(lines + ["", f"Holm's family: the {len(tested)} comparisons with a p-value in this table "
-                              "(each arm against softmax under AdamW on the same text; Fisher's exact test (ᶠ) "
-                              "and Welch's t-test (ᵗ)); \\* / \\*\\*: Holm-corrected p < 0.05 / 0.01; "
-                              f"{len(comparisons) - len(tested)} comparison(s) without a test (neither group varies)."])
-
-
-def shown(cell) -> str:
-    text = format_cell(cell).replace("|", "\\|")
-    c = cell.comparison
-    return text + (f" {STAR * len(c.mark)}{c.letter}" if c is not None and c.mark else "")
+    return "\n".join(lines + ["", family(cells, "each arm against softmax under AdamW on the same text")])
 
 
 def growth_table() -> str:
