@@ -1,5 +1,6 @@
 """Forward+backward time and peak memory of the attention core of every slot variant and
-every elementwise variant with a fused kernel, on its fastest path, as ratios to softmax on flash-attn (SDPA without it).
+every elementwise variant with a fused kernel, on its fastest path, as ratios to softmax on
+flash-attn (SDPA without it).
 
 The core is the variant's ``attend`` (q, k, v -> o, then o.backward), without the QKV and
 output projections: softmax on flash-attn or SDPA; softpick, sigmoid and clipped_softmax
