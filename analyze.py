@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from outlier_lab.data.interface import check_data_module
@@ -39,6 +42,7 @@ from outlier_lab.metrics import declared, expand
 from outlier_lab.metrics.thresholds import Thresholds, register_config
 from outlier_lab.metrics.tokens import vocabulary_classes
 from outlier_lab.probe.ours import data_domains, measure_model
+from outlier_lab.probe.stream import hand_freed_memory_back
 from outlier_lab.pretrained import load
 from outlier_lab.probe import families, hf as hf_probe
 
@@ -54,7 +58,8 @@ class Subject:
     family: families.Family
     idx: torch.Tensor                      # (windows, window) token ids
     decode: object                         # id -> text
-    measure: object                        # (idx, token classes, **thresholds and domains) -> (result, metrics)
+    # (idx, token classes, on_pass, **thresholds and domains) -> (partials, metrics), window by window
+    measure: object
     vocab_size: int = 0                    # the tokenizer's ids: every one gets a position class
     domains: dict = field(default_factory=dict)
 
@@ -70,7 +75,8 @@ def checkpoint_subject(cfg: DictConfig) -> Subject:
         raise ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids, the model only "
                           f"{model.config['vocab_size']} (nanogpt.tokenizer= or a checkpoint with its data config)")
     return Subject(str(cfg.ckpt), model, families.OURS, idx, decode,
-                   lambda idx, classes, **kw: measure_model(model, idx, classes, **kw), vocab_size, domains)
+                   lambda idx, classes, on_pass, **kw: measure_model(model, idx, classes, 1, on_pass, **kw),
+                   vocab_size, domains)
 
 
 def hf_subject(cfg: DictConfig) -> Subject:
@@ -100,8 +106,8 @@ def hf_subject(cfg: DictConfig) -> Subject:
         raise ConfigError(f"vocabulary mismatch: the text has token id {int(idx.max())}, the model only {vocab} ids")
     hf_probe.prepare(model, family)
     return Subject(name, model, family, idx, decode,
-                   lambda idx, token_classes, **kw: hf_probe.measure_hf(model, family, idx, token_classes, **kw),
-                   classes)
+                   lambda idx, token_classes, on_pass, **kw: hf_probe.measure_hf(model, family, idx, token_classes, 1,
+                                                                                 on_pass, **kw), classes)
 
 
 def probe_windows(cfg: DictConfig, block_size: int, data_config: dict | None):
@@ -145,24 +151,32 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, verbose=False)
     if (cfg.ckpt is None) == (cfg.hf is None):
         raise ConfigError("give one of ckpt=PATH (a train.py or nanoGPT checkpoint) or model=hf:NAME_OR_PATH")
+    hand_freed_memory_back()  # before the weights and the first window are allocated
     subject = hf_subject(cfg) if cfg.hf is not None else checkpoint_subject(cfg)
     thresholds = Thresholds.of(cfg.thresholds)
-    vocab = subject.vocab_size
-    result, metrics = subject.measure(subject.idx, vocabulary_classes(subject.decode, vocab), thresholds=thresholds,
-                                      **subject.domains)
+    classes = vocabulary_classes(subject.decode, subject.vocab_size)
+    windows = subject.idx.shape[0]
+    start = time.perf_counter()
+    with Progress(TextColumn("probe"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"), TimeElapsedColumn(),
+                  TextColumn("left"), TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("probe", total=windows)
+        parts, metrics = subject.measure(subject.idx, classes, lambda done: progress.update(task, completed=done),
+                                         thresholds=thresholds, **subject.domains)
+    seconds = time.perf_counter() - start
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"ckpt": subject.name, "text": cfg.text, "windows": subject.idx.shape[0], "window": subject.idx.shape[1]}
+    meta = {"ckpt": subject.name, "text": cfg.text, "windows": windows, "window": subject.idx.shape[1],
+            "seconds_per_window": seconds / windows}
     (out / "analysis.json").write_text(json.dumps({**meta, **metrics}, indent=2, sort_keys=True))
     labels = [subject.decode(int(t)) for t in subject.idx[0]]
-    figures = plots.probe_figures(result, metrics, labels)
+    figures = plots.probe_figures(parts, metrics, labels)
     figures["weight_columns"] = plots.weight_columns(metrics, "FFN down-projection column ratios per layer")
     plots.save_figures(figures, out / "plots")
     print_headline(metrics, meta)
     if cfg.intervene:
         from outlier_lab.pretrained.interventions import run_interventions
 
-        rows = run_interventions(subject.model, subject.family, subject.idx, cfg.intervene, result, metrics,
+        rows = run_interventions(subject.model, subject.family, subject.idx, cfg.intervene, parts, metrics,
                                  thresholds)
         (out / "interventions.json").write_text(json.dumps(rows, indent=2))
         print_interventions(rows)
@@ -178,7 +192,8 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
 
 
 def print_headline(metrics: dict[str, float], meta: dict) -> None:
-    table = Table(title=f"Outlier metrics of {meta['ckpt']} ({meta['windows']} windows of {meta['window']} tokens)")
+    table = Table(title=f"Outlier metrics of {meta['ckpt']} ({meta['windows']} windows of {meta['window']} tokens, "
+                        f"{meta['seconds_per_window']:.3g} s a window)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for metric in expand(declared("outliers"), metrics):

@@ -4,7 +4,7 @@
      flash-attn and compiled FlexAttention against their references, compiled loss) and
      tests/test_kernels_triton.py (the fused Triton kernels compiled for CUDA, fp32 and bf16,
      against the eager references);
-  2. the fused-kernel table (benchmarks/kernels.py): time and peak memory of every fused and
+  2. the fused-kernel table (benchmarks/fused_kernels.py): time and peak memory of every fused and
      slot variant against flash/SDPA softmax at T = 1k, 4k, 16k;
   3. a 50-step bf16-mixed training run of every variant on backend=auto (trainer=gpu,
      eager: compiling 14 models would take most of the budget): the loss must be finite
@@ -56,7 +56,7 @@ def tests(smoke: bool) -> None:
 
 
 def kernel_table(smoke: bool) -> None:
-    python("benchmarks/kernels.py", *(["--cpu-smoke"] if smoke else []), smoke=smoke)
+    python("benchmarks/fused_kernels.py", *(["--cpu-smoke"] if smoke else []), smoke=smoke)
 
 
 def run_config(out: Path, smoke: bool, *overrides: str):

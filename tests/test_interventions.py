@@ -10,7 +10,7 @@ import torch
 from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.errors import ConfigError
 from outlier_lab.models.gpt import GPT
-from outlier_lab.probe.ours import measure_model
+from outlier_lab.probe.ours import measure_model, probe
 from outlier_lab.probe import families
 from outlier_lab.pretrained.convert import gpt_to_hf_gpt2
 from outlier_lab.pretrained.interventions import (INTERVENTIONS, Plan, default_logits, evaluate, plan_edits,
@@ -77,8 +77,8 @@ def rows_by_name(rows):
 
 
 def test_our_gpt_interventions_find_what_was_planted(pair):
-    (ours, result, metrics), _, idx = pair
-    rows = rows_by_name(run_interventions(ours, families.OURS, idx, NAMES, result, metrics, THRESHOLDS))
+    (ours, parts, metrics), _, idx = pair
+    rows = rows_by_name(run_interventions(ours, families.OURS, idx, NAMES, parts, metrics, THRESHOLDS))
     assert rows["baseline"]["kl"] == 0 and rows["baseline"]["edited"] == "nothing"
     for name in ("massive_zero", "massive_mean"):
         details = rows[name]["details"]
@@ -87,10 +87,10 @@ def test_our_gpt_interventions_find_what_was_planted(pair):
         assert details["entries"] == 7, details  # every X of the 4 windows, found in each forward
     # the mean: of the probe's massive activations, at the first token and at the others apart
     layer = rows["massive_mean"]["details"]["layer"]
-    h = result.residual[layer][..., CHANNEL]
+    h = probe(ours, idx).residual[layer][..., CHANNEL]
     want = [h[:, 0].mean().item(), h[[1, 2, 3], [9, 15, 20]].mean().item()]
     assert rows["massive_mean"]["details"]["means"][str(CHANNEL)] == pytest.approx(want, abs=1e-3)
-    plan = Plan(ours, families.OURS, result, metrics, THRESHOLDS)
+    plan = Plan(ours, families.OURS, parts, metrics, THRESHOLDS)
     for edit, value in zip(plan_edits(["massive_zero", "massive_mean"], plan), ([0.0, 0.0], want)):
         seen = []
         with edit:  # what the next layer reads: a hook registered after the edit's sees its output
@@ -138,11 +138,11 @@ def test_our_gpt_and_its_gpt2_conversion_give_the_same_interventions(pair):
 
 
 def test_super_column_zeroes_the_real_conv1d_weight_and_restores_it(pair):
-    _, (hf, result, metrics), _ = pair
+    _, (hf, parts, metrics), _ = pair
     family = families.family_of("gpt2")
     weight = hf.transformer.h[0].mlp.c_proj.weight  # Conv1D: (in, out), the column is a row here
     before = weight.detach().clone()
-    [edit] = plan_edits(["super_column"], Plan(hf, family, result, metrics, THRESHOLDS))
+    [edit] = plan_edits(["super_column"], Plan(hf, family, parts, metrics, THRESHOLDS))
     with edit:
         assert torch.all(weight[UNIT] == 0) and torch.equal(weight[UNIT + 1], before[UNIT + 1])
     assert torch.equal(weight, before)
@@ -179,9 +179,9 @@ def test_massive_activations_of_a_llama_model():
     model, idx = planted_llama(), windows()
     family = families.family_of("llama")
     prepare(model, family)
-    result, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
+    parts, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
     assert metrics["outliers/act/top_channel_layer"] == 1
-    rows = rows_by_name(run_interventions(model, family, idx, ["massive_zero", "massive_mean"], result, metrics,
+    rows = rows_by_name(run_interventions(model, family, idx, ["massive_zero", "massive_mean"], parts, metrics,
                                           THRESHOLDS))
     for name in ("massive_zero", "massive_mean"):
         d = rows[name]["details"]
@@ -197,15 +197,15 @@ def test_nothing_qualifies_in_an_unplanted_model():
                                      activation_function="gelu")
     model, family, idx = transformers.GPT2LMHeadModel(config).eval(), families.family_of("gpt2"), windows()
     prepare(model, family)
-    result, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
+    parts, metrics = measure_hf(model, family, idx, thresholds=THRESHOLDS)
     names = ["massive_zero", "massive_mean", "sink_drop", "super_weight"]
-    rows = rows_by_name(run_interventions(model, family, idx, names, result, metrics, THRESHOLDS))
+    rows = rows_by_name(run_interventions(model, family, idx, names, parts, metrics, THRESHOLDS))
     for name in names:
         assert rows[name]["edited"].startswith("nothing: no "), rows[name]["edited"]
         assert rows[name]["kl"] == 0 and rows[name]["ppl"] == rows["baseline"]["ppl"]
     assert rows["super_weight"]["details"] == {"weights": []}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    [edit] = plan_edits(["super_weight"], Plan(model, family, result, metrics, THRESHOLDS))
+    [edit] = plan_edits(["super_weight"], Plan(model, family, parts, metrics, THRESHOLDS))
     with edit:
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -259,11 +259,11 @@ def test_super_weight_zeroes_the_one_scalar_and_restores_it():
     prepare(hf, family)
     name = "transformer.h.1.mlp.c_proj.weight"
     for model, fam, index in ((ours, families.OURS, (ROW, UNIT)), (hf, family, (UNIT, ROW))):  # Conv1D: (in, out)
-        result, metrics = (measure_model(ours, idx, thresholds=THRESHOLDS) if model is ours
+        parts, metrics = (measure_model(ours, idx, thresholds=THRESHOLDS) if model is ours
                            else measure_hf(hf, family, idx, thresholds=THRESHOLDS))
         W = fam.down_weights(model)[1]  # (out, in)
         assert W.abs().argmax() == DECOY_ROW * W.shape[1] + DECOY_COL  # the weight alone points elsewhere
-        [edit, column] = plan_edits(["super_weight", "super_column"], Plan(model, fam, result, metrics, THRESHOLDS))
+        [edit, column] = plan_edits(["super_weight", "super_column"], Plan(model, fam, parts, metrics, THRESHOLDS))
         [found] = edit.summary()[1]["weights"]
         assert (found["layer"], found["row"], found["column"], found["value"]) == (1, ROW, UNIT, 5.0), found
         assert found["input_at"] == found["output_at"] == SPIKE_AT
@@ -282,10 +282,10 @@ def test_super_weight_zeroes_the_one_scalar_and_restores_it():
 
 
 def test_an_unknown_intervention_names_the_valid_ones(pair):
-    (ours, result, metrics), _, idx = pair
+    (ours, parts, metrics), _, idx = pair
     with pytest.raises(ConfigError, match="unknown intervention 'massive'; choose from massive_zero, massive_mean, "
                                           "sink_drop, super_weight, super_column"):
-        run_interventions(ours, families.OURS, idx, ["massive_zero", "massive"], result, metrics, THRESHOLDS)
+        run_interventions(ours, families.OURS, idx, ["massive_zero", "massive"], parts, metrics, THRESHOLDS)
     # one name on its own (intervene=sink_drop on the command line) is that one intervention, not its letters
-    rows = run_interventions(ours, families.OURS, idx, "sink_drop", result, metrics, THRESHOLDS)
+    rows = run_interventions(ours, families.OURS, idx, "sink_drop", parts, metrics, THRESHOLDS)
     assert [row["name"] for row in rows] == ["baseline", "sink_drop"]

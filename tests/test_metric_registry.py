@@ -52,12 +52,12 @@ def test_bad_declarations_are_refused():
 
 
 def test_a_measure_that_does_not_produce_its_declared_key_fails(scratch_registry):
-    @registry.measure(Metric("outliers/y", "y", curve=True))
-    def forgetful(probe):
+    @registry.measure(Metric("outliers/y", "y", curve=True), window=lambda probe: {})
+    def forgetful(parts, thresholds):
         return {"outliers/z": 1.0}
 
     with pytest.raises(RuntimeError, match="forgetful declares .*outliers/y"):
-        registry.run_measures(None)
+        registry.run_measures(metrics.Probe(None, None))
 
 
 def test_unknown_key_lists_the_declared_ones():

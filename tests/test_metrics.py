@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from outlier_lab.metrics.activations import (activation_stats, inf_norm, kurtosis, norm_ratio_to_others,
+from outlier_lab.metrics.activations import (activation_stats, channel_max, inf_norm, kurtosis, norm_ratio_to_others,
                                           token_outliers, top_channel)
 from outlier_lab.metrics.attention import (attention_entropy, first_token_share, null_mass, outlier_keys,
                                         sink_rate, sink_scores, value_stats)
@@ -123,16 +123,37 @@ def test_seed_column_ratio_is_scale_invariant_per_column():
     assert s["max_abs"] == 100.0
 
 
+def test_weight_stats_by_row_blocks_equal_one_pass(monkeypatch):
+    """Blocks of 3 rows (the weights are read a block at a time): the column and row ratios,
+    the kurtosis of all entries (against the training penalty's one-row formula) and max |W|
+    are those of the whole matrix."""
+    from outlier_lab.metrics import weights
+    from outlier_lab.models.regularizers import kurtosis_rows
+
+    W = torch.randn(10, 7, generator=torch.Generator().manual_seed(0)) ** 3
+    monkeypatch.setattr(weights, "BLOCK_ENTRIES", 3 * 7)
+    assert len(list(weights.row_blocks(W))) == 4
+    a = W.abs()
+    torch.testing.assert_close(column_ratios(W), a.amax(0) / a.mean(0))
+    torch.testing.assert_close(column_ratios(W.t()), a.amax(1) / a.mean(1))
+    s = weight_stats(W)
+    assert s["kurtosis"] == pytest.approx(kurtosis_rows(W.reshape(1, -1).double()).item(), rel=1e-9)
+    assert s["kurtosis"] > 3  # a cubed Gaussian is heavy-tailed: not a Gaussian's 3
+    assert s["max_abs"] == a.max().item()
+    assert math.isnan(weight_stats(torch.full((4, 4), 2.0))["kurtosis"])  # no spread: no kurtosis
+
+
 def test_channel_alignment_ranks_columns_by_the_seed_ratio():
     W = torch.ones(4, 6)
     W[:, 1] = 50.0   # large column, ratio 1
     W[0, 4] = 20.0   # the seed's outlier column
     h = torch.zeros(1, 3, 6)
     h[0, 1, 4] = 7.0
-    got = channel_alignment(h, W)
+    got = channel_alignment(channel_max(h), W)
     assert got == {"act_channel": 4, "weight_column": 4, "aligned": True, "weight_rank": 0}
     h[0, 1, 1] = 9.0
-    assert channel_alignment(h, W)["aligned"] is False and channel_alignment(h, W)["weight_rank"] >= 1
+    assert channel_alignment(channel_max(h), W)["aligned"] is False
+    assert channel_alignment(channel_max(h), W)["weight_rank"] >= 1
 
 # ----------------------------------------------------------------------------- attention
 

@@ -80,7 +80,8 @@ def test_the_domain_measures_equal_a_direct_computation():
     dormant = ~active
     dormant[:, 0] = False
     optimum = torch.rand(3, 12, generator=torch.Generator().manual_seed(3))
-    result, metrics = measure_model(model, idx, domains={"active": active, "dormant": dormant}, optimum=optimum)
+    _, metrics = measure_model(model, idx, domains={"active": active, "dormant": dormant}, optimum=optimum)
+    result = probe(model, idx)
     logits = model.eval()(idx)
     token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), idx[:, 1:], reduction="none")
     for name, mask in (("active", active), ("dormant", dormant)):
@@ -149,8 +150,8 @@ def test_a_variant_s_own_per_query_values_are_averaged_per_domain(attention, ext
     model = tiny_gpt(attention)
     idx = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(4))
     queries = idx % 2 == 0
-    result, metrics = measure_model(model, idx, domains={"even": queries})
-    value = result.attention[0][extra].float()
+    _, metrics = measure_model(model, idx, domains={"even": queries})
+    value = probe(model, idx).attention[0][extra].float()
     per_query = value.transpose(1, 2) if value.shape[1] == 2 and value.shape[2] == 12 else value  # -> (B, T, ...)
     expected = per_query.reshape(3, 12, -1).mean(-1)[queries].mean().item()
     assert metrics[f"outliers/domain/even/{extra}/layer_0"] == pytest.approx(expected, rel=1e-5)

@@ -23,6 +23,7 @@ import torch
 # mu4 / sigma^4 of each row, population moments (not excess): the one formula, shared with the
 # training penalty of outlier_lab/models/regularizers.py (re-exported here for outlier_lab/metrics/weights.py)
 from outlier_lab.models.regularizers import kurtosis_rows  # noqa: F401
+from outlier_lab.metrics.partials import Peaks
 
 
 def f32(x: torch.Tensor) -> torch.Tensor:
@@ -47,14 +48,28 @@ def median_rows(rows: torch.Tensor) -> torch.Tensor:
 SPREAD_RESOLUTION = 1e-6  # a row whose std is at most this x its rms has no spread that fp32 can tell
 
 
-def mean_kurtosis(rows: torch.Tensor) -> float:
-    """The mean kurtosis of the rows of (N, M) that have a spread. A row without one (every
-    value equal, e.g. all zero; or differing only by float rounding, std <= 1e-6 x rms) has
-    no defined kurtosis (0 / 0; scipy.stats.kurtosis gives NaN) and contributes nothing: it
-    is left out of the mean. NaN when no row has a spread."""
+def kurtosis_per_row(rows: torch.Tensor) -> torch.Tensor:
+    """(N,): the kurtosis of each row of (N, M), NaN for a row without a spread (every value
+    equal, e.g. all zero; or differing only by float rounding, std <= 1e-6 x rms): it has no
+    defined kurtosis (0 / 0; scipy.stats.kurtosis gives NaN)."""
     rows = rows.float()
     spread = rows.std(dim=1, correction=0) > SPREAD_RESOLUTION * rows.pow(2).mean(dim=1).sqrt()
-    return kurtosis_rows(rows[spread]).mean().item() if spread.any() else math.nan
+    out = torch.full(rows.shape[:1], math.nan, device=rows.device)
+    if spread.any():
+        out[spread] = kurtosis_rows(rows[spread])
+    return out
+
+
+def mean_of_defined(values: torch.Tensor) -> float:
+    """The mean of the entries that are not NaN (a row without a spread contributes nothing);
+    NaN when none is."""
+    defined = values[~values.isnan()]
+    return defined.mean().item() if defined.numel() else math.nan
+
+
+def mean_kurtosis(rows: torch.Tensor) -> float:
+    """The mean kurtosis of the rows of (N, M) that have a spread; NaN when none has."""
+    return mean_of_defined(kurtosis_per_row(rows))
 
 
 def kurtosis(h: torch.Tensor) -> float:
@@ -80,9 +95,30 @@ def _massive(rows: torch.Tensor, medians: torch.Tensor, abs_threshold: float, me
     return (rows > abs_threshold) & (rows >= median_ratio * medians[:, None])
 
 
-def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0,
-                     token_ratio: float = 1000.0) -> dict[str, float]:
-    """Every per-tensor activation statistic, per sequence then averaged over sequences:
+def activation_rows(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0,
+                    token_ratio: float = 1000.0) -> dict[str, torch.Tensor]:
+    """The per-sequence values ``activation_summary`` turns into every activation statistic of
+    h: for each sequence (row) its top-3 |h| (NaN-padded below 3 entries), median |h|, max |h|,
+    counts of massive entries (with and without Sun et al.'s absolute bound) and of token
+    outliers, and its kurtosis (NaN without a spread). Computed for any number of sequences
+    at once, so the rows of several windows, concatenated, are the rows of all of them."""
+    x = f32(h)
+    rows = sequences(x.abs())
+    k = min(3, rows.shape[1])
+    top = torch.nn.functional.pad(rows.topk(k, dim=1).values, (0, 3 - k), value=math.nan)
+    medians = median_rows(rows)
+    big = rows >= median_ratio * medians[:, None]
+    per_token = x.abs().amax(dim=-1).reshape(rows.shape[0], -1) if x.dim() >= 3 else rows.amax(dim=1, keepdim=True)
+    return {"top": top, "median": medians, "max": rows.amax(dim=1),
+            "massive": _massive(rows, medians, abs_threshold, median_ratio).sum(dim=1),
+            "massive_ratio": (big & (rows > 0)).sum(dim=1),
+            "token_outliers": (per_token > token_ratio * rows.mean(dim=1, keepdim=True)).sum(dim=1),
+            "kurtosis": kurtosis_per_row(sequences(x))}
+
+
+def activation_summary(rows: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Every per-tensor activation statistic from ``activation_rows``, per sequence then
+    averaged over sequences:
 
     - top1, top2, top3, median: the largest |h| values and the median |h| of each sequence,
       averaged over sequences (Sun et al.); top1_over_median = top1 / median of those
@@ -94,24 +130,24 @@ def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio
       (seed code), summed over sequences.
     - kurtosis, inf_norm: Bondarenko et al., as above.
     """
-    x = f32(h)
-    rows = sequences(x.abs())
-    k = min(3, rows.shape[1])
-    top = rows.topk(k, dim=1).values.mean(dim=0).tolist() + [math.nan] * (3 - k)
-    med_b = median_rows(rows)
-    med = med_b.mean().item()
-    big = rows >= median_ratio * med_b[:, None]
-    per_token = x.abs().amax(dim=-1).reshape(rows.shape[0], -1) if x.dim() >= 3 else rows.amax(dim=1, keepdim=True)
+    top = rows["top"].mean(dim=0).tolist()
+    med = rows["median"].mean().item()
     return {
         "top1": top[0], "top2": top[1], "top3": top[2], "median": med,
         "top1_over_median": top[0] / med if med > 0 else math.inf,
-        "max_abs": rows.max().item(),
-        "massive": int(_massive(rows, med_b, abs_threshold, median_ratio).sum()),
-        "massive_ratio": int((big & (rows > 0)).sum()),
-        "token_outliers": int((per_token > token_ratio * rows.mean(dim=1, keepdim=True)).sum()),
-        "kurtosis": mean_kurtosis(sequences(x)),
-        "inf_norm": rows.amax(dim=1).mean().item(),
+        "max_abs": rows["max"].max().item(),
+        "massive": int(rows["massive"].sum()),
+        "massive_ratio": int(rows["massive_ratio"].sum()),
+        "token_outliers": int(rows["token_outliers"].sum()),
+        "kurtosis": mean_of_defined(rows["kurtosis"]),
+        "inf_norm": rows["max"].mean().item(),
     }
+
+
+def activation_stats(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0,
+                     token_ratio: float = 1000.0) -> dict[str, float]:
+    """``activation_summary`` of one tensor h (B, T, C)."""
+    return activation_summary(activation_rows(h, abs_threshold, median_ratio, token_ratio))
 
 
 def token_outliers(h: torch.Tensor, ratio: float = 1000.0) -> list[tuple[int, int]]:
@@ -121,21 +157,42 @@ def token_outliers(h: torch.Tensor, ratio: float = 1000.0) -> list[tuple[int, in
     return [(b, t) for b, t in hits.nonzero().tolist()]
 
 
+def channel_max(h: torch.Tensor) -> torch.Tensor:
+    """(C,): the largest |h| of each channel (the last axis) of h (..., C)."""
+    return f32(h).abs().flatten(0, -2).amax(dim=0)
+
+
+def channel_peaks(h: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, Peaks]:
+    """What ``top_channel`` needs of h (B, T, C), for any number of sequences at once: the
+    largest |h| of each channel (C,), and the entries with their channel and position class
+    (-1 without ``positions``) that are at or above half the largest |h| (``partials.Peaks``:
+    over several windows, at or above half the running maximum)."""
+    a = f32(h).abs()
+    labels = torch.full(a.shape[:2], -1, dtype=torch.long, device=a.device) if positions is None \
+        else positions.to(a.device).long()
+    near = a >= 0.5 * a.max()
+    b, t, c = near.nonzero(as_tuple=True)
+    return channel_max(h), Peaks.of(a[b, t, c], torch.stack([c, labels[b, t]], dim=1))
+
+
+def top_channel_of(channel_max: torch.Tensor, peaks: Peaks, n_classes: int = 4) -> dict:
+    """``top_channel`` from ``channel_peaks`` (of one batch, or merged over windows)."""
+    channel = int(channel_max.argmax())
+    value = channel_max[channel]
+    labels = peaks.labels[(peaks.labels[:, 0] == channel) & (peaks.values >= 0.5 * value)][:, 1]
+    if labels.numel() and labels.min() < 0:
+        shares = [math.nan] * n_classes
+    else:
+        shares = (torch.bincount(labels, minlength=n_classes).float() / labels.numel()).tolist()
+    return {"channel": channel, "value": value.item(), "shares": shares}
+
+
 def top_channel(h: torch.Tensor, positions: torch.Tensor | None = None, n_classes: int = 4) -> dict:
     """The channel with the largest max_{b,t} |h_btc| (the seed paper finds it on the first
     token and on delimiters) and, over the (b, t) where that channel's |h| >= half its max,
     the share of each position class (``positions`` (B, T) from ``tokens.position_classes``;
     nan shares without it)."""
-    a = f32(h).abs()
-    channel = int(a.amax(dim=(0, 1)).argmax())
-    col = a[:, :, channel]
-    near = col >= 0.5 * col.max()
-    if positions is None:
-        shares = [math.nan] * n_classes
-    else:
-        counts = torch.bincount(positions.to(near.device)[near], minlength=n_classes)
-        shares = (counts.float() / near.sum()).tolist()
-    return {"channel": channel, "value": col.max().item(), "shares": shares}
+    return top_channel_of(*channel_peaks(h, positions), n_classes)
 
 
 def norm_ratio_to_others(x: torch.Tensor) -> torch.Tensor:

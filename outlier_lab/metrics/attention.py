@@ -23,18 +23,29 @@ import torch
 from outlier_lab.metrics.activations import f32
 
 
+def masked_sums(x: torch.Tensor, queries: torch.Tensor | None, dim) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of x (B, H, T) over dim, counting only the rows i with queries[b, i] (all:
+    None): a mean's two parts, which add up over windows."""
+    w = torch.ones_like(x) if queries is None else queries.to(x.device, x.dtype)[:, None, :].expand_as(x)
+    return (x * w).sum(dim=dim), w.sum(dim=dim)
+
+
 def rows_mean(x: torch.Tensor, queries: torch.Tensor | None, dim) -> torch.Tensor:
     """Mean of x (B, H, T) over dim, counting only the rows i with queries[b, i] (all: None);
     NaN where no row counts."""
-    if queries is None:
-        return x.mean(dim=dim)
-    w = queries.to(x.device, x.dtype)[:, None, :].expand_as(x)
-    return (x * w).sum(dim=dim) / w.sum(dim=dim)
+    total, count = masked_sums(x, queries, dim)
+    return total / count
+
+
+def first_token_sums(p: torch.Tensor, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``first_token_share``'s (sum, count), each (H,), over sequences and queries i >= 1."""
+    return masked_sums(f32(p)[:, :, 1:, 0], None if queries is None else queries[:, 1:], dim=(0, 2))
 
 
 def first_token_share(p: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and queries i >= 1 (of the domain) of p_i0."""
-    return rows_mean(f32(p)[:, :, 1:, 0], None if queries is None else queries[:, 1:], dim=(0, 2))
+    total, count = first_token_sums(p, queries)
+    return total / count
 
 
 def sink_scores(p: torch.Tensor, tokens: int | None = 64, queries: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,16 +70,28 @@ def outlier_keys(p: torch.Tensor, ratio: float = 0.1) -> torch.Tensor:
     return acc >= ratio * p.shape[-1]
 
 
+def entropy_sums(p: torch.Tensor, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention_entropy``'s (sum, count), each (H,), over sequences and rows."""
+    x = f32(p)
+    return masked_sums(-torch.xlogy(x, x).sum(dim=-1), queries, dim=(0, 2))
+
+
 def attention_entropy(p: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and rows of -sum_j p_ij log p_ij, 0 log 0 = 0.
     Rows summing to less than 1 are used as they are (not renormalised); p >= 0 assumed."""
-    x = f32(p)
-    return rows_mean(-torch.xlogy(x, x).sum(dim=-1), queries, dim=(0, 2))
+    total, count = entropy_sums(p, queries)
+    return total / count
+
+
+def null_mass_sums(null: torch.Tensor, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``null_mass``'s (sum, count), each (H,), over sequences and rows."""
+    return masked_sums(f32(null), queries, dim=(0, 2))
 
 
 def null_mass(null: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """(H,): per head, the mean over sequences and rows of a probe's null_mass (B, H, T)."""
-    return rows_mean(f32(null), queries, dim=(0, 2))
+    total, count = null_mass_sums(null, queries)
+    return total / count
 
 
 def value_stats(t: torch.Tensor) -> dict[str, float]:

@@ -13,6 +13,7 @@ import torch
 class ProbeResult:
     residual: list[torch.Tensor] = field(default_factory=list)  # n_layer x (B, T, C): block outputs
     down_input: list[torch.Tensor] = field(default_factory=list)  # n_layer x (B, T, hidden)
+    down_output: list[torch.Tensor] = field(default_factory=list)  # n_layer x (B, T, C): the down projections' outputs
     # n_layer x the attention's probe extras: "probs" (B, H, T, T), "null_mass" (B, H, T), "max_logit",
     # "values", and a variant's own (its scale, gate, slot weight, ...)
     attention: list[dict[str, torch.Tensor]] = field(default_factory=list)

@@ -88,7 +88,7 @@ class Metric:
 
 _METRICS: dict[str, Metric] = {}
 _ORIGIN: dict[str, tuple[str, int]] = {}  # key -> (declaring module, its place in that module)
-# (function, the keys it must produce), in registration order
+# (finishing function, window reduction, the keys it must produce), in registration order
 _MEASURES: list[tuple[Callable[..., Mapping[str, float]], tuple[str, ...]]] = []
 _MODULE_ORDER: list[str] = []  # the declaring packages' modules, in loading order
 _LOADED: set[str] = set()
@@ -124,28 +124,48 @@ def declare(*metrics: Metric, source: str | None = None) -> None:
         _ORIGIN.setdefault(metric.key, (source, len(_ORIGIN)))
 
 
-def measure(*metrics: Metric):
-    """Decorator: ``fn(probe) -> {key: value}`` runs at every probe of the OutlierMonitor (and
-    in analyze.py); it must produce every declared key (a template: any number of domains,
-    none when the data names no domains), and may log more (per-layer values)."""
+def measure(*metrics: Metric, window: Callable):
+    """Decorator of a probe measure, in two parts (``partials``): ``window(probe)`` reduces
+    one probe pass (a window, or a batch of them) to the measure's partial results, and the
+    decorated ``fn(parts, thresholds) -> {key: value}`` finishes its values from the partials
+    of all windows merged (their leaves' values, ``partials.values``). It runs at every probe
+    of the OutlierMonitor (one pass) and in analyze.py (window by window); it must produce
+    every declared key (a template: any number of domains, none when the data names no
+    domains), and may log more (per-layer values)."""
     def decorator(fn):
         declare(*metrics, source=fn.__module__)
-        _MEASURES.append((fn, tuple(m.key for m in metrics)))
+        _MEASURES.append((fn, window, tuple(m.key for m in metrics)))
         return fn
     return decorator
 
 
-def run_measures(probe) -> dict[str, float]:
-    """Every registered measure on one probe, merged in registration order."""
+def reduce_probe(probe) -> dict:
+    """Every registered measure's partial results of one probe pass, by measure name; the
+    partials of several passes merge with ``partials.merge``."""
     load(["outliers"])
+    return {fn.__name__: window(probe) for fn, window, _ in _MEASURES}
+
+
+def finish_measures(parts: dict, thresholds) -> dict[str, float]:
+    """Every registered measure's values from ``parts`` (``reduce_probe``'s, or several
+    merged; as leaves or as their values), merged in registration order."""
+    from outlier_lab.metrics.partials import values  # torch: the report reads the declarations without it
+
+    load(["outliers"])
+    parts = values(parts)
     out: dict[str, float] = {}
-    for fn, keys in _MEASURES:
-        values = fn(probe)
-        missing = [key for key in keys if DOMAIN not in key and key not in values]
+    for fn, _, keys in _MEASURES:
+        result = fn(parts[fn.__name__], thresholds)
+        missing = [key for key in keys if DOMAIN not in key and key not in result]
         if missing:
             raise RuntimeError(f"measure {fn.__name__} declares {missing} but did not produce them")
-        out.update(values)
+        out.update(result)
     return out
+
+
+def run_measures(probe) -> dict[str, float]:
+    """Every registered measure on one probe pass (a ``measures.Probe``)."""
+    return finish_measures(reduce_probe(probe), probe.thresholds)
 
 
 def declared(section: str | None = None) -> list[Metric]:

@@ -16,7 +16,6 @@ from outlier_lab.errors import ConfigError
 from outlier_lab.metrics import curve_keys, emergence_defaults
 from outlier_lab.metrics.growth import PEAK_CURVE, growth_values
 from outlier_lab.metrics.tokens import vocabulary_classes
-from outlier_lab.metrics.probe_result import ProbeResult
 from outlier_lab.metrics.thresholds import Thresholds
 from outlier_lab.probe.ours import data_domains, measure_model
 from outlier_lab.summary import log_metrics, update_summary
@@ -53,7 +52,7 @@ class OutlierMonitor(L.Callback):
         self.plot_every_n_steps, self.plots = plot_every_n_steps, plots
         self.history: list[dict[str, float]] = []
         self.emerged: dict[str, int] = {}
-        self.last: tuple[ProbeResult, torch.Tensor, dict[str, float]] | None = None
+        self.last: tuple[dict, torch.Tensor, dict[str, float]] | None = None  # (partials, tokens, metrics)
 
     # -- when ---------------------------------------------------------------------------
 
@@ -87,7 +86,7 @@ class OutlierMonitor(L.Callback):
             dm = trainer.datamodule
             self.token_classes = vocabulary_classes(dm.decode_token, dm.vocab_size)
             self.domains = data_domains(dm, tokens)
-        result, metrics = measure_model(pl_module.model, tokens, self.token_classes, thresholds=self.thresholds,
+        parts, metrics = measure_model(pl_module.model, tokens, self.token_classes, thresholds=self.thresholds,
                                         **self.domains)
         unknown = sorted(set(self.emergence) - set(metrics))
         if unknown:  # else it would read as "never emerged" in summary.json
@@ -95,7 +94,7 @@ class OutlierMonitor(L.Callback):
                               f"logs; valid: any logged key, e.g. {', '.join(curve_keys(metrics))}")
         log_metrics(trainer, metrics)
         self.history.append({"step": step, **{k: float(metrics[k]) for k in curve_keys(metrics)}})
-        self.last = (result, tokens.cpu(), metrics)
+        self.last = (parts, tokens.cpu(), metrics)
         for key, threshold in self.emergence.items():
             if key not in self.emerged and metrics.get(key, -math.inf) >= threshold:
                 self.emerged[key] = step
@@ -104,9 +103,9 @@ class OutlierMonitor(L.Callback):
     def _plot(self, trainer) -> None:
         from outlier_lab.monitor import plots
 
-        result, tokens, metrics = self.last
+        parts, tokens, metrics = self.last
         labels = [trainer.datamodule.decode_token(int(t)) for t in tokens[0]]
-        figures = plots.probe_figures(result, metrics, labels, trainer.global_step)
+        figures = plots.probe_figures(parts, metrics, labels, trainer.global_step)
         keys = curve_keys(self.history[-1])
         figures["outliers_over_steps"] = plots.history(self.history, keys, "Outlier metrics over training")
         figures["peak_over_steps"] = plots.history(self.history, [PEAK_CURVE, *PEAK_COMPANIONS],

@@ -18,7 +18,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from outlier_lab.metrics.attention import first_token_share
+from outlier_lab.metrics.measures_attention import first_maps, head_shares
 from outlier_lab.figure_style import layer_axes, log_scale_if_wide, marker_style, new_figure, no_data, save, step_panel
 
 MAX_PANELS = 8
@@ -183,23 +183,27 @@ def save_figures(figures: dict[str, Figure], out_dir, loggers=(), step: int | No
     return paths
 
 
-def probe_figures(result, metrics: dict[str, float], labels: list[str], step: int | None = None) -> dict[str, Figure]:
+def probe_figures(parts: dict, metrics: dict[str, float], labels: list[str],
+                  step: int | None = None) -> dict[str, Figure]:
     """The figures of one probe: the per-layer |h| profile, |h| by channel and token of the layer
     with the largest top1/median, and the four heads with the highest first-token share.
-    ``result`` is a metrics.ProbeResult, ``metrics`` its measures, ``labels`` the
-    decoded tokens of its first sequence."""
+    ``parts`` are the partial results its measures were finished from (``probe.stream``),
+    ``metrics`` its measures, ``labels`` the decoded tokens of its first sequence."""
     where = "" if step is None else f", step {step}"
     layer = int(metrics["outliers/act/top_channel_layer"])
+    residual = parts["activation_outliers"]["act"]
     per_layer = [{k: metrics[f"outliers/act/{k}/layer_{l}"] for k in ("top1", "top2", "top3", "median")}
-                 for l in range(len(result.residual))]
-    shares = [(l, h, share) for l, extras in enumerate(result.attention)
-              for h, share in enumerate(first_token_share(extras["probs"]).tolist())]
+                 for l in range(len(residual))]
+    attention = parts["attention_outliers"]
+    shares = [(l, h, share) for l, per_head in enumerate(head_shares(attention))
+              for h, share in enumerate(per_head.tolist())]
     heads = sorted(shares, key=lambda x: -x[2])[:4]
-    maps = [(f"layer {l} head {h} (first-token share {share:.2f})", result.attention[l]["probs"][0, h])
-            for l, h, share in heads]
+    maps = first_maps(attention)
     return {
         "layer_profile": layer_profile(per_layer, f"Residual |h| per layer{where}"),
         "channel_heatmap": channel_token_heatmap(
-            result.residual[layer][0], f"|h| of layer {layer} (largest top1/median){where}", labels),
-        "attention_maps": attention_maps(maps, f"Heads with the highest first-token share{where}"),
+            residual[layer]["first"], f"|h| of layer {layer} (largest top1/median){where}", labels),
+        "attention_maps": attention_maps([(f"layer {l} head {h} (first-token share {share:.2f})", maps[l][h])
+                                          for l, h, share in heads],
+                                         f"Heads with the highest first-token share{where}"),
     }

@@ -46,10 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from outlier_lab.errors import ConfigError
-from outlier_lab.metrics.probe_result import ProbeResult
 from outlier_lab.metrics.thresholds import Thresholds
-from outlier_lab.metrics.activations import f32, massive_mask
-from outlier_lab.metrics.attention import sink_scores
+from outlier_lab.metrics.activations import massive_mask
+from outlier_lab.metrics.measures import massive_role_sums, role_means
+from outlier_lab.metrics.measures_attention import head_sink_scores
 from outlier_lab.probe.hf_attention import drop_first_key
 from outlier_lab.probe.families import OURS, Family
 from outlier_lab.pretrained.load import logits_of
@@ -67,10 +67,12 @@ def intervention(name: str):
 
 @dataclass
 class Plan:
-    """What an intervention is planned from: the model and one probe of it."""
+    """What an intervention is planned from: the model and one probe of it, its metrics and
+    the partial results they were finished from (``parts``, by measure name, as
+    ``probe.stream.measure_stream`` returns them)."""
     model: nn.Module
     family: Family
-    result: ProbeResult
+    parts: dict
     metrics: dict[str, float]
     thresholds: Thresholds = field(default_factory=Thresholds)  # the probe's (sink_tokens None: every query)
 
@@ -109,23 +111,13 @@ def plan_edits(names, plan: Plan) -> list[Edit]:
 
 # -- massive activations (Sun et al.) --------------------------------------------------------
 
-def role_means(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(2, C): the mean of the masked entries of each channel at the first token (row 0) and
-    at the others (row 1), the other row's mean where one has none, NaN where neither has."""
-    x = f32(h) * mask
-    sums = torch.stack([x[:, 0].sum(0), x[:, 1:].sum(dim=(0, 1))])
-    counts = torch.stack([mask[:, 0].sum(0), mask[:, 1:].sum(dim=(0, 1))]).float()
-    either = sums.sum(0) / counts.sum(0)
-    return torch.where(counts > 0, sums / counts, either)
-
-
 def _massive(plan: Plan, mode: str) -> Edit:
-    found = [l for l in range(len(plan.result.residual)) if plan.metrics.get(f"outliers/act/massive/layer_{l}")]
+    layers = plan.parts["activation_outliers"]["act"]
+    found = [l for l in range(len(layers)) if plan.metrics.get(f"outliers/act/massive/layer_{l}")]
     layer = found[0] if found else int(plan.metrics["outliers/act/top_channel_layer"])  # where they appear
     bounds = plan.thresholds.massive_abs, plan.thresholds.massive_ratio
     block = plan.family.blocks(plan.model)[layer]
-    reference = plan.result.residual[layer]
-    means = role_means(reference, massive_mask(reference, *bounds)) if mode == "mean" else None
+    means = role_means(layers[layer]["massive"]) if mode == "mean" else None
     seen = {"entries": 0, "uncalibrated": 0, "channels": set(), "positions": set()}
 
     def edit(h: torch.Tensor) -> torch.Tensor:
@@ -140,7 +132,8 @@ def _massive(plan: Plan, mode: str) -> Edit:
             return h.masked_fill(mask, 0)
         roles = (torch.arange(h.shape[1], device=h.device) > 0).long()  # 0: the first token, 1: the others
         table = means.to(h.device)[roles]  # (T, C)
-        table = torch.where(table.isnan(), role_means(h, mask)[roles], table)  # a channel the probe never saw
+        own = role_means(massive_role_sums(h, plan.thresholds))
+        table = torch.where(table.isnan(), own.to(h.device)[roles], table)  # a channel the probe never saw
         seen["uncalibrated"] += int((mask & means.to(h.device).isnan().all(0)).sum())
         return torch.where(mask, table.to(h.dtype).expand_as(h), h)
 
@@ -181,10 +174,9 @@ def massive_mean(plan: Plan) -> Edit:
 
 @intervention("sink_drop")
 def sink_drop(plan: Plan) -> Edit:
-    eps, tokens = plan.thresholds.sink_eps, plan.thresholds.sink_tokens
+    eps = plan.thresholds.sink_eps
     heads = {}
-    for layer, extras in enumerate(plan.result.attention):
-        score = sink_scores(extras["probs"], tokens).nanmean(0)  # (H,)
+    for layer, score in enumerate(head_sink_scores(plan.parts["attention_outliers"])):  # (H,) each
         if sinking := [h for h in range(len(score)) if score[h] > eps]:
             heads[layer] = sinking
     attentions = plan.family.attentions(plan.model)
@@ -249,12 +241,12 @@ def evaluate(model: nn.Module, logits_fn, idx: torch.Tensor, edits: list[Edit] =
     return [{"ppl": math.inf if n / count > 700 else math.exp(n / count), "kl": k / count} for n, k in zip(nll, kl)]
 
 
-def run_interventions(model: nn.Module, family: Family, idx: torch.Tensor, names, result, metrics: dict,
+def run_interventions(model: nn.Module, family: Family, idx: torch.Tensor, names, parts: dict, metrics: dict,
                       thresholds: Thresholds | None = None, logits_fn=None) -> list[dict]:
-    """The named interventions, planned on one probe of ``model`` (``result``, ``metrics``;
-    a transformers model prepared with ``probe.prepare``) and evaluated on windows ``idx``:
-    rows {name, edited (one line), details, ppl, kl}, the unmodified model's first."""
-    edits = plan_edits(names, Plan(model, family, result, metrics, Thresholds.of(thresholds)))
+    """The named interventions, planned on one probe of ``model`` (its ``parts`` and
+    ``metrics``; a transformers model prepared with ``probe.prepare``) and evaluated on
+    windows ``idx``: rows {name, edited (one line), details, ppl, kl}, the unmodified model's first."""
+    edits = plan_edits(names, Plan(model, family, parts, metrics, Thresholds.of(thresholds)))
     scores = evaluate(model, logits_fn or default_logits(family), idx, edits)
     rows = [{"name": "baseline", "edited": "nothing", "details": {}, **scores[0]}]
     for edit, score in zip(edits, scores[1:]):

@@ -24,7 +24,8 @@ def _one_line(error: Exception) -> str:
 def load_hf(name: str, dtype: str = "auto", device: str = "auto"):
     """(model in eval mode, its tokenizer or None, its Family) for a local directory or a
     hub name; ``dtype``: auto (the checkpoint's own, float32 if it names none) or one of DTYPES;
-    ``device``: auto (CUDA when there is one), cpu or cuda."""
+    ``device``: auto (CUDA when there is one), cpu or cuda. The weights are read in that
+    dtype straight onto that device (``device_map``), so the peak is the weights' size."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if dtype != "auto" and dtype not in DTYPES:
@@ -48,16 +49,16 @@ def load_hf(name: str, dtype: str = "auto", device: str = "auto"):
                           f"model=hf:/path/to/model") from None
     family = family_of(config.model_type)
     torch_dtype = DTYPES.get(dtype) or _checkpoint_dtype(config)
-    try:
+    try:  # built on the meta device, each tensor read in its dtype straight onto ``device``: no float32 copy
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, dtype=torch_dtype,
-                                                     attn_implementation="eager")
+                                                     attn_implementation="eager", device_map=device)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load the weights of {name!r}: {_one_line(e)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, TypeError):
         tokenizer = None  # a directory without tokenizer files: analyze.py asks for tokenizer=
-    return model.to(device).eval(), tokenizer, family
+    return model.eval(), tokenizer, family
 
 
 def _checkpoint_dtype(config) -> torch.dtype:

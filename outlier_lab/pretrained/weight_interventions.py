@@ -10,8 +10,8 @@ puts back exactly what it overwrote.
   spike, the super weight is the one scalar W[row, column] of that down projection, row the
   output spike's channel (the super activation) and column the input spike's channel (their
   ``SUPER_WEIGHTS_MAP`` coordinates, (layer, row, column) of ``mlp.down_proj.weight``). It is
-  set to 0, one per layer found. The output is not probed: it is computed exactly from the
-  probed input, x @ W.T + bias, in float32.
+  set to 0, one per layer found. Both are probed, as Yu et al. hook them: the output is the
+  projection's own (the model's dtype), reduced with the input window by window.
 - ``super_column``: in every FFN down projection whose top input channel is its top weight
   column (``weights.channel_alignment``), that whole column (one FFN unit's output) is set to
   0: the seed paper's weight outlier; the row of its largest entry is reported too.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from outlier_lab.metrics.activations import f32
 from outlier_lab.metrics.weights import channel_alignment, column_ratios
 from outlier_lab.probe.families import projection_weight
 from outlier_lab.pretrained.interventions import Edit, Plan, intervention
@@ -32,32 +31,26 @@ from outlier_lab.pretrained.interventions import Edit, Plan, intervention
 SPIKE = 50.0
 
 
-def top_entry(t: torch.Tensor) -> tuple[float, list[int]]:
-    """The signed value of ``t``'s largest-|value| entry and its index."""
-    flat = t.reshape(-1)
-    i = int(flat.abs().argmax())
-    return flat[i].item(), [int(j) for j in torch.unravel_index(torch.tensor(i), t.shape)]
+def top_entry(rows: dict[str, torch.Tensor]) -> tuple[float, list[int]]:
+    """The signed value of the largest-|value| entry over the windows and its [sequence,
+    token, channel], from the per-sequence top entries of ``measures.top_entries``."""
+    b = int(rows["value"].abs().argmax())  # the first on a tie, as a flat argmax over (b, t, c)
+    return rows["value"][b].item(), [b, *rows["at"][b].tolist()]
 
 
-@torch.no_grad()
-def find_super_weights(downs, down_inputs) -> list[dict]:
+def find_super_weights(downs, down_parts: list[dict]) -> list[dict]:
     """One dict per layer whose down projection's input and output both spike (largest |value|
     > SPIKE): layer, row (output spike channel), column (input spike channel), value
-    (W[row, column]), input, output (the spikes) and input_at, output_at ([sequence, token])."""
+    (W[row, column]), input, output (the spikes) and input_at, output_at ([sequence, token]).
+    ``down_parts``: per layer, the probe's per-sequence top entries of the down projection's
+    input and output (``activation_outliers``' partials)."""
     found = []
-    for layer, (down, x) in enumerate(zip(downs, down_inputs)):
-        x = f32(x)
-        x_value, x_at = top_entry(x)
-        if not abs(x_value) > SPIKE:  # no input spike: the output need not be computed
-            continue
-        W = projection_weight(down)
-        y = x @ f32(W).to(x.device).T
-        if (bias := getattr(down, "bias", None)) is not None:
-            y += f32(bias).to(x.device)
-        y_value, y_at = top_entry(y)
-        if abs(y_value) > SPIKE:
+    for layer, (down, part) in enumerate(zip(downs, down_parts)):
+        x_value, x_at = top_entry(part["top_in"])
+        y_value, y_at = top_entry(part["top_out"])
+        if abs(x_value) > SPIKE and abs(y_value) > SPIKE:
             row, col = y_at[-1], x_at[-1]
-            found.append({"layer": layer, "row": row, "column": col, "value": W[row, col].item(),
+            found.append({"layer": layer, "row": row, "column": col, "value": projection_weight(down)[row, col].item(),
                           "input": x_value, "output": y_value, "input_at": x_at[:-1], "output_at": y_at[:-1]})
     return found
 
@@ -65,7 +58,7 @@ def find_super_weights(downs, down_inputs) -> list[dict]:
 @intervention("super_weight")
 def super_weight(plan: Plan) -> Edit:
     downs = plan.family.down_projections(plan.model)
-    found = find_super_weights(downs, plan.result.down_input)
+    found = find_super_weights(downs, plan.parts["activation_outliers"]["down"])
 
     @torch.no_grad()
     def apply(undo):
@@ -90,9 +83,9 @@ def super_weight(plan: Plan) -> Edit:
 def super_column(plan: Plan) -> Edit:
     downs = plan.family.down_projections(plan.model)
     columns = []  # (layer, column, row of its largest |W|, column ratio)
-    for layer, (down, x) in enumerate(zip(downs, plan.result.down_input)):
+    for layer, (down, act_max) in enumerate(zip(downs, plan.parts["weight_outliers"]["act_max"])):
         W = projection_weight(down)
-        align = channel_alignment(x, W)
+        align = channel_alignment(act_max, W)
         if align["aligned"]:
             col = align["weight_column"]
             columns.append((layer, col, int(W[:, col].abs().argmax()), column_ratios(W)[col].item()))

@@ -32,6 +32,7 @@ def probe_points(model: torch.nn.Module, family: Family) -> Iterator[Callable[[]
     def collect() -> ProbeResult:
         result = ProbeResult(tensors={name: torch.cat(parts) for name, parts in outputs.items()})
         result.residual = [result.tensors[f"h.{layer}"] for layer in range(len(downs))]
+        result.down_output = [result.tensors[f"h.{layer}.mlp.c_proj"] for layer in range(len(downs))]
         result.down_input = [torch.cat(parts) for parts in down_inputs]
         result.down_weights = [w.detach() for w in family.down_weights(model)]
         result.linear_weights = [w.detach() for w in linear_weights(model)]

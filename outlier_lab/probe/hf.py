@@ -2,7 +2,8 @@
 (``ours``), so every ``@measure`` and figure runs on it unchanged.
 
 The model runs one sequence at a time (a 1B model's eager attention over a batch would
-hold every layer's (B, H, T, T) weights at once) and the captures are concatenated."""
+hold every layer's (B, H, T, T) weights at once); ``measure_hf`` reduces each window's
+captures before the next (``stream``), so memory does not grow with the windows."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import torch
 from torch import nn
 
 from outlier_lab.errors import ConfigError
-from outlier_lab.metrics import Probe, run_measures
-from outlier_lab.metrics.tokens import position_classes
 from outlier_lab.metrics.probe_result import ProbeResult
 from outlier_lab.probe.capture import probe_session
 from outlier_lab.probe.hf_attention import HeadTap, use_probe_attention
 from outlier_lab.probe.families import Family
+from outlier_lab.probe.stream import measure_stream
 
 
 def prepare(model: nn.Module, family: Family) -> list[HeadTap]:
@@ -58,9 +58,9 @@ def probe_hf(model: nn.Module, family: Family, idx: torch.Tensor) -> ProbeResult
 
 
 def measure_hf(model: nn.Module, family: Family, idx: torch.Tensor, token_classes: torch.Tensor | None = None,
-               **probe_fields) -> tuple[ProbeResult, dict[str, float]]:
-    """``probe_hf`` and every declared measure of it: ``ours.measure_model`` for a Hugging Face
-    model; probe_fields: ``thresholds`` (a metrics.Thresholds) and the data's domains."""
-    result = probe_hf(model, family, idx)
-    positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
-    return result, run_measures(Probe(result, model, positions, **probe_fields))
+               windows_per_pass: int | None = 1, on_pass=None, **probe_fields) -> tuple[dict, dict[str, float]]:
+    """``ours.measure_model`` for a Hugging Face model (prepared with ``prepare``): every declared
+    measure of ``probe_hf``, one window at a time unless told otherwise, and the partials
+    they came from; probe_fields: ``thresholds`` (a metrics.Thresholds)."""
+    return measure_stream(lambda ids: probe_hf(model, family, ids), model, idx, token_classes, windows_per_pass,
+                          on_pass, **probe_fields)

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 
 from outlier_lab.data.interface import KnownProcess, query_domains
 from outlier_lab.models.gpt import GPT
-from outlier_lab.metrics import Probe, run_measures
 from outlier_lab.metrics.probe_result import ProbeResult
-from outlier_lab.metrics.tokens import position_classes
 from outlier_lab.probe.capture import probe_session
 from outlier_lab.probe.families import OURS
+from outlier_lab.probe.stream import measure_stream
 
 
 @torch.no_grad()
@@ -55,11 +54,12 @@ def data_domains(datamodule, idx: torch.Tensor) -> dict:
 
 
 def measure_model(model: GPT, idx: torch.Tensor, token_classes: torch.Tensor | None = None,
-                  **probe_fields) -> tuple[ProbeResult, dict[str, float]]:
-    """One probe of ``model`` on ``idx`` and every declared measure of it: what the
-    OutlierMonitor logs at each probe and what analyze.py reports, by the same code.
+                  windows_per_pass: int | None = None, on_pass=None, **probe_fields) -> tuple[dict, dict[str, float]]:
+    """Every declared measure of ``model``'s probe on ``idx`` (``stream.measure_stream``: in one
+    pass, or ``windows_per_pass`` windows at a time), and the partials they came from: what
+    the OutlierMonitor logs at each probe and what analyze.py reports, by the same code.
     ``token_classes``: the class of each vocabulary id (``metrics.tokens.vocabulary_classes``);
     probe_fields: the thresholds and the data's domains (``data_domains``), see ``Probe``."""
-    result = probe(model, idx, token_loss=bool(probe_fields.get("domains")))  # read per domain only
-    positions = None if token_classes is None else position_classes(idx.cpu(), token_classes)
-    return result, run_measures(Probe(result, model, positions, **probe_fields))
+    token_loss = bool(probe_fields.get("domains"))  # read per domain only
+    return measure_stream(lambda ids: probe(model, ids, token_loss=token_loss), model, idx, token_classes,
+                          windows_per_pass, on_pass, **probe_fields)

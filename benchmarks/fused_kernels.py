@@ -17,8 +17,8 @@ fused kernels in Triton's interpreter (it sets TRITON_INTERPRET=1 before triton 
 imported), to check that the script works; its times mean nothing and its memory column is
 the bytes autograd saves for backward (CPU has no allocator peak counter).
 
-    python benchmarks/kernels.py [--seqs 1024 4096 16384] [--dims 64 128] [--batch 1] [--heads 16] [--reps 20]
-    python benchmarks/kernels.py --cpu-smoke
+    python benchmarks/fused_kernels.py [--seqs 1024 4096 16384] [--dims 64 128] [--batch 1] [--heads 16] [--reps 20]
+    python benchmarks/fused_kernels.py --cpu-smoke
 
 Last line: worst_fused_over_softmax_T4k=<the largest time ratio to softmax among the fused
 and slot variants at T=4096> (at the largest T run when 4096 is not, named after it, e.g.
@@ -152,7 +152,7 @@ def main() -> None:
     elif torch.cuda.is_available():
         device, dtype = "cuda", torch.bfloat16
     else:
-        sys.exit("benchmarks/kernels.py measures CUDA kernels; without a GPU run it with --cpu-smoke")
+        sys.exit("benchmarks/fused_kernels.py measures CUDA kernels; without a GPU run it with --cpu-smoke")
 
     names = variants()
     memory_unit = "saved MB" if device == "cpu" else "peak MB"
