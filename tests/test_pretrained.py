@@ -220,3 +220,32 @@ def test_an_untied_head_is_refused_by_the_gpt2_conversion_not_silently_tied():
     untied = GPT(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8, tie_embeddings=False)
     with pytest.raises(ConfigError, match="a tied head"):
         gpt_to_hf_gpt2(untied)
+
+
+def test_a_bf16_checkpoint_loads_in_bf16_without_a_float32_copy(tmp_path):
+    """dtype=auto reads the checkpoint's bf16 straight onto the device: no float32 tensor of a
+    weight's size is made on the way (every op's output watched while it loads)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from outlier_lab.pretrained.load import load_hf
+
+    tiny("llama").to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    smallest = min(p.numel() for p in tiny("llama").parameters() if p.dim() == 2)
+
+    class Float32Watch(TorchDispatchMode):
+        made: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.made += [str(func) for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+                          and t.dtype == torch.float32 and t.device.type != "meta" and t.numel() >= smallest]
+            return out
+
+    with Float32Watch() as watch:
+        model, _, _ = load_hf(str(tmp_path / "model"), "auto", "cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert watch.made == []
+    with Float32Watch() as watch:  # the watch sees a float32 detour when there is one
+        model.float()
+    assert len(watch.made) >= 1
