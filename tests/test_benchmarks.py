@@ -1,4 +1,5 @@
-"""The prepared GPU check and the compile benchmark run end to end (on CPU, at tiny sizes)."""
+"""The prepared GPU check, the compile benchmark and the analyze memory benchmark run end to
+end (on CPU, at tiny sizes)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def test_gpu_check_cpu_smoke_runs_every_stage(tmp_path):
         assert f"== {stage}" in out
     assert out.count(" ok\n") == len(list((ROOT / "configs" / "attention").glob("*.yaml")))  # every variant trained
     assert "explicit_scale_over_softmax_top1_median=" in out and "worst_fused_over_softmax" in out
+
+
+@pytest.mark.slow
+def test_the_analyze_memory_benchmark_runs_on_a_tiny_model(tmp_path):
+    """A transformers import from benchmarks/ once found benchmarks/kernels.py in place of Hugging
+    Face's ``kernels``: the benchmark builds its model shard by shard and runs analyze.py."""
+    result = subprocess.run([sys.executable, "benchmarks/analyze_memory.py", "--tiny", "--stages", "7b_intervene",
+                             "--keep", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "7b_intervene: 2 windows of 256: peak RSS" in result.stdout
+    index = (tmp_path / "llama_tiny" / "model.safetensors.index.json").read_text()
+    assert '"lm_head.weight"' in index and '"model.norm.weight"' in index  # every tensor went to a shard
 
 
 def test_gpu_check_refuses_a_machine_without_cuda():
