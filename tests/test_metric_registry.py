@@ -60,6 +60,13 @@ def test_a_measure_that_does_not_produce_its_declared_key_fails(scratch_registry
         registry.run_measures(metrics.Probe(None, None))
 
 
+def test_two_measures_of_one_name_are_refused(scratch_registry):
+    """Their partials are kept by the measure's name: a second one would overwrite the first's."""
+    registry.measure(window=lambda probe: {})(lambda parts, thresholds: {})
+    with pytest.raises(RuntimeError, match="a measure named '<lambda>' is registered twice"):
+        registry.measure(window=lambda probe: {})(lambda parts, thresholds: {})
+
+
 def test_unknown_key_lists_the_declared_ones():
     with pytest.raises(KeyError, match="outliers/attn/sink_rate"):
         registry.get("outliers/nonexistent")

@@ -133,6 +133,8 @@ def measure(*metrics: Metric, window: Callable):
     every declared key (a template: any number of domains, none when the data names no
     domains), and may log more (per-layer values)."""
     def decorator(fn):
+        if any(other.__name__ == fn.__name__ for other, _, _ in _MEASURES):  # its partials are kept by name
+            raise RuntimeError(f"a measure named {fn.__name__!r} is registered twice ({fn.__module__})")
         declare(*metrics, source=fn.__module__)
         _MEASURES.append((fn, window, tuple(m.key for m in metrics)))
         return fn
