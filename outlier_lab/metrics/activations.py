@@ -83,12 +83,15 @@ def inf_norm(h: torch.Tensor) -> float:
     return sequences(f32(h)).abs().amax(dim=1).mean().item()
 
 
-def massive_mask(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0) -> torch.Tensor:
+def massive_mask(h: torch.Tensor, abs_threshold: float = 100.0, median_ratio: float = 1000.0,
+                 medians: torch.Tensor | None = None) -> torch.Tensor:
     """Bool like h: Sun et al.'s massive activations, |h| > abs_threshold and >= median_ratio x
-    the median |h| of its sequence (the interventions edit exactly what activation_stats counts)."""
+    the median |h| of its sequence (the interventions edit exactly what activation_stats counts);
+    ``medians``: those medians when already known (``activation_rows``' "median")."""
     a = f32(h).abs()
     rows = sequences(a)
-    return _massive(rows, median_rows(rows), abs_threshold, median_ratio).reshape(a.shape)
+    return _massive(rows, median_rows(rows) if medians is None else medians, abs_threshold,
+                    median_ratio).reshape(a.shape)
 
 
 def _massive(rows: torch.Tensor, medians: torch.Tensor, abs_threshold: float, median_ratio: float) -> torch.Tensor:

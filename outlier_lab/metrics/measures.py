@@ -45,11 +45,12 @@ def top_entries(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"value": flat.gather(1, i[:, None])[:, 0], "at": torch.stack([i // x.shape[-1], i % x.shape[-1]], dim=1)}
 
 
-def massive_role_sums(h: torch.Tensor, thresholds: Thresholds) -> dict[str, torch.Tensor]:
-    """(2, C) sums and counts of h's massive activations (``activations.massive_mask``) in each
-    channel, at the first token (row 0) and at the others (row 1): what ``massive_mean``
-    replaces them with (``role_means``)."""
-    mask = A.massive_mask(h, thresholds.massive_abs, thresholds.massive_ratio)
+def massive_role_sums(h: torch.Tensor, thresholds: Thresholds,
+                      medians: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """(2, C) sums and counts of h's massive activations (``activations.massive_mask``; its
+    sequences' ``medians`` when known) in each channel, at the first token (row 0) and at the
+    others (row 1): what ``massive_mean`` replaces them with (``role_means``)."""
+    mask = A.massive_mask(h, thresholds.massive_abs, thresholds.massive_ratio, medians)
     x = A.f32(h) * mask
     return {"sums": torch.stack([x[:, 0].sum(0), x[:, 1:].sum(dim=(0, 1))]),
             "counts": torch.stack([mask[:, 0].sum(0), mask[:, 1:].sum(dim=(0, 1))]).float()}
@@ -68,16 +69,17 @@ def _activation_window(probe: Probe) -> dict:
     t = probe.thresholds
     bounds = dict(abs_threshold=t.massive_abs, median_ratio=t.massive_ratio, token_ratio=t.token_ratio)
 
-    def rows(h):
-        return {name: Rows(v) for name, v in A.activation_rows(h, **bounds).items()}
+    def rows(values):
+        return {name: Rows(v) for name, v in values.items()}
 
     act = []
     for h in probe.result.residual:
         channel_max, peaks = A.channel_peaks(h, probe.positions)
-        act.append({"rows": rows(h), "channel_max": Max(channel_max), "peaks": peaks,
-                    "massive": {k: Sum(v) for k, v in massive_role_sums(h, t).items()},
+        values = A.activation_rows(h, **bounds)
+        act.append({"rows": rows(values), "channel_max": Max(channel_max), "peaks": peaks,
+                    "massive": {k: Sum(v) for k, v in massive_role_sums(h, t, values["median"]).items()},
                     "first": First(h[0].detach().clone())})  # a copy: a view would keep the whole pass alive
-    down = [{"rows": rows(x), "channel_max": Max(A.channel_max(x)),
+    down = [{"rows": rows(A.activation_rows(x, **bounds)), "channel_max": Max(A.channel_max(x)),
              "top_in": {k: Rows(v) for k, v in top_entries(x).items()},
              "top_out": {k: Rows(v) for k, v in top_entries(y).items()}}
             for x, y in zip(probe.result.down_input, probe.result.down_output)]
