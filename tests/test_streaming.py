@@ -63,9 +63,9 @@ def test_peaks_keep_exactly_what_the_top_channel_counts():
     positions = torch.randint(0, 4, (6, 10))
     merged = None
     for b in range(6):
-        part = channel_peaks(h[b:b + 1], positions[b:b + 1])
-        part = (Max(part[0]), part[1])
-        merged = part if merged is None else (merged[0].merge(part[0]), merged[1].merge(part[1]))
+        channel_max, peaks = channel_peaks(h[b:b + 1], positions[b:b + 1])
+        part = [Max(channel_max), peaks]
+        merged = part if merged is None else merge(merged, part)
     assert top_channel_of(merged[0].value, merged[1]) == top_channel(h, positions)
     assert top_channel(h, positions)["channel"] == 5
     assert len(merged[1].values) < sum(len(channel_peaks(h[b:b + 1])[1].values) for b in range(6))  # pruned

@@ -45,12 +45,10 @@ def top_entries(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"value": flat.gather(1, i[:, None])[:, 0], "at": torch.stack([i // x.shape[-1], i % x.shape[-1]], dim=1)}
 
 
-def massive_role_sums(h: torch.Tensor, thresholds: Thresholds,
-                      medians: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """(2, C) sums and counts of h's massive activations (``activations.massive_mask``; its
-    sequences' ``medians`` when known) in each channel, at the first token (row 0) and at the
-    others (row 1): what ``massive_mean`` replaces them with (``role_means``)."""
-    mask = A.massive_mask(h, thresholds.massive_abs, thresholds.massive_ratio, medians)
+def massive_role_sums(h: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(2, C) sums and counts of h's massive activations (``mask``: ``activations.massive_mask``)
+    in each channel, at the first token (row 0) and at the others (row 1): what
+    ``massive_mean`` replaces them with (``role_means``)."""
     x = A.f32(h) * mask
     return {"sums": torch.stack([x[:, 0].sum(0), x[:, 1:].sum(dim=(0, 1))]),
             "counts": torch.stack([mask[:, 0].sum(0), mask[:, 1:].sum(dim=(0, 1))]).float()}
@@ -77,7 +75,8 @@ def _activation_window(probe: Probe) -> dict:
         channel_max, peaks = A.channel_peaks(h, probe.positions)
         values = A.activation_rows(h, **bounds)
         act.append({"rows": rows(values), "channel_max": Max(channel_max), "peaks": peaks,
-                    "massive": {k: Sum(v) for k, v in massive_role_sums(h, t, values["median"]).items()},
+                    "massive": {k: Sum(v) for k, v in massive_role_sums(h, A.massive_mask(
+                        h, t.massive_abs, t.massive_ratio, values["median"])).items()},
                     "first": First(h[0].detach().clone())})  # a copy: a view would keep the whole pass alive
     down = [{"rows": rows(A.activation_rows(x, **bounds)), "channel_max": Max(A.channel_max(x)),
              "top_in": {k: Rows(v) for k, v in top_entries(x).items()},

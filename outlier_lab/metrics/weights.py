@@ -27,13 +27,19 @@ def row_blocks(W: torch.Tensor):
         yield f32(W[start:start + step])
 
 
-def column_ratios(W: torch.Tensor) -> torch.Tensor:
-    """(in,): r_j = max_i |W_ij| / mean_i |W_ij| for every column j (nan for an all-zero column)."""
+def column_extremes(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(in,) max_i |W_ij| and (in,) mean_i |W_ij| of every column j, a block of rows at a time."""
     top, total = torch.zeros(W.shape[1]), torch.zeros(W.shape[1], dtype=torch.float64)
     for block in row_blocks(W):
         a = block.abs()
         top, total = torch.maximum(top, a.amax(dim=0).cpu()), total + a.sum(dim=0, dtype=torch.float64).cpu()
-    return top / (total / W.shape[0]).float()
+    return top, (total / W.shape[0]).float()
+
+
+def column_ratios(W: torch.Tensor) -> torch.Tensor:
+    """(in,): r_j = max_i |W_ij| / mean_i |W_ij| for every column j (nan for an all-zero column)."""
+    top, mean = column_extremes(W)
+    return top / mean
 
 
 def entry_kurtosis(W: torch.Tensor) -> float:
@@ -55,14 +61,15 @@ def weight_stats(W: torch.Tensor) -> dict[str, float]:
     """col_ratio (max over columns of the seed ratio), col_ratio_median, col_argmax (the
     column with the largest ratio), the same for rows, kurtosis, and max_abs = max |W|; a
     block of rows at a time (``row_blocks``), so a 32k-vocabulary head needs no float32 copy."""
-    cols, rows = column_ratios(W), column_ratios(W.t())
+    top, mean = column_extremes(W)
+    cols, rows = top / mean, column_ratios(W.t())
     return {
         "col_ratio": cols.max().item(), "col_ratio_median": median_rows(cols[None]).item(),
         "col_argmax": int(cols.argmax()),
         "row_ratio": rows.max().item(), "row_ratio_median": median_rows(rows[None]).item(),
         "row_argmax": int(rows.argmax()),
         "kurtosis": entry_kurtosis(W),
-        "max_abs": max(block.abs().max().item() for block in row_blocks(W)),
+        "max_abs": top.max().item(),
     }
 
 

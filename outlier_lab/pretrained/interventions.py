@@ -132,7 +132,7 @@ def _massive(plan: Plan, mode: str) -> Edit:
             return h.masked_fill(mask, 0)
         roles = (torch.arange(h.shape[1], device=h.device) > 0).long()  # 0: the first token, 1: the others
         table = means.to(h.device)[roles]  # (T, C)
-        own = role_means(massive_role_sums(h, plan.thresholds))
+        own = role_means(massive_role_sums(h, mask))
         table = torch.where(table.isnan(), own.to(h.device)[roles], table)  # a channel the probe never saw
         seen["uncalibrated"] += int((mask & means.to(h.device).isnan().all(0)).sum())
         return torch.where(mask, table.to(h.dtype).expand_as(h), h)
